@@ -1,0 +1,69 @@
+"""Error hierarchy.
+
+``core`` must not import dagster, so these are plain exceptions; ``lib`` turns them into
+``dagster.Failure`` with their fields as metadata (see ``lib.assets``). See
+docs/architecture.md for why this differs from DESIGN.md's "rooted at dagster.Failure".
+"""
+
+from __future__ import annotations
+
+
+class MvoError(Exception):
+    """Base class for every error this package raises on purpose."""
+
+
+class ConfigError(MvoError):
+    """Bad configuration: a URL, an environment variable, a policy file."""
+
+
+class EmbeddedServerError(MvoError):
+    """The embedded PostgreSQL server could not be initialised, started or stopped."""
+
+
+class CatalogError(MvoError):
+    """The catalog could not be read, or names a relation that does not exist."""
+
+
+class UnknownViewError(CatalogError):
+    """A view name given by the user matches no materialized view."""
+
+
+class RefreshError(MvoError):
+    """A ``REFRESH MATERIALIZED VIEW`` failed on the server.
+
+    Carries the server's SQLSTATE and message, the view, and for lock timeouts the PIDs that
+    held the lock, so the Dagster UI and the CLI can show them.
+    """
+
+    def __init__(
+        self,
+        view: str,
+        message: str,
+        *,
+        sqlstate: str | None = None,
+        method: str | None = None,
+        duration_s: float | None = None,
+        blocking_pids: tuple[int, ...] = (),
+        lock_holders: tuple[str, ...] = (),
+    ) -> None:
+        self.view = view
+        self.message = message
+        self.sqlstate = sqlstate
+        self.method = method
+        self.duration_s = duration_s
+        self.blocking_pids = blocking_pids
+        self.lock_holders = lock_holders
+        code = f" [SQLSTATE {sqlstate}]" if sqlstate else ""
+        super().__init__(f"refresh of {view} failed{code}: {message}")
+
+
+class LockTimeoutError(RefreshError):
+    """The refresh gave up waiting for a lock (``lock_timeout``, SQLSTATE 55P03)."""
+
+
+class StatementTimeoutError(RefreshError):
+    """The refresh ran longer than ``statement_timeout`` (SQLSTATE 57014)."""
+
+
+class RefreshInProgressError(RefreshError):
+    """Another session holds this view's refresh advisory lock."""
