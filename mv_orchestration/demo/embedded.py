@@ -254,14 +254,18 @@ def make_url(port: int, password: str, dbname: str = "postgres", *, host: str = 
     return f"postgresql://{SUPERUSER}:{quote(password, safe='')}@{host}:{port}/{quote(dbname)}"
 
 
-def wait_ready(url: str, proc: subprocess.Popen[bytes] | None = None, log: Path | None = None) -> None:
+def wait_ready(
+    url: str, proc: subprocess.Popen[bytes] | None = None, log: Path | None = None
+) -> None:
     """Poll until the server accepts connections (or the process died)."""
     deadline = time.monotonic() + _READY_TIMEOUT_S
     last: Exception | None = None
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             tail = log.read_text()[-2000:] if log and log.exists() else ""
-            raise EmbeddedServerError(f"postgres exited with code {proc.returncode}: {tail.strip()}")
+            raise EmbeddedServerError(
+                f"postgres exited with code {proc.returncode}: {tail.strip()}"
+            )
         try:
             with psycopg.connect(url, connect_timeout=2):
                 return
@@ -311,8 +315,12 @@ class TemporaryServer:
             if self._user is not None:
                 os.chown(log, self._user.uid, self._user.gid)
             self._proc = subprocess.Popen(
-                [str(self._bindir / "postgres"), "-D", str(pgdata)]
-                + _server_options(self.port, sockdir, fast=True),
+                [
+                    str(self._bindir / "postgres"),
+                    "-D",
+                    str(pgdata),
+                    *_server_options(self.port, sockdir, fast=True),
+                ],
                 stdout=fh,
                 stderr=subprocess.STDOUT,
                 preexec_fn=_demote(self._user, die_with_parent=True),
@@ -416,8 +424,19 @@ class PersistentServer:
         port = int(state["port"])
         opts = " ".join(_server_options(port, sockdir, fast=False))
         _run(
-            [str(bindir / "pg_ctl"), "-D", str(self.pgdata), "-l", str(self.log), "-o", opts]
-            + ["-w", "-t", "60", "start"],
+            [
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(self.pgdata),
+                "-l",
+                str(self.log),
+                "-o",
+                opts,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
             user,
         )
         wait_ready(url)

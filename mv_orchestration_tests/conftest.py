@@ -1,0 +1,79 @@
+"""Shared fixtures: a real PostgreSQL server and one fresh database per test.
+
+The server is the embedded one (started once per test session, dies with pytest) unless
+``MVO_TEST_DATABASE_URL`` points at an existing server whose role may CREATE DATABASE.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from mv_orchestration.demo.embedded import TemporaryServer
+
+_counter = itertools.count()
+
+
+@dataclass(frozen=True)
+class PgServer:
+    """Admin URL of the test server and a way to derive URLs for other databases."""
+
+    admin_url: str
+
+    def url_for(self, dbname: str) -> str:
+        info = psycopg.conninfo.conninfo_to_dict(self.admin_url)
+        info["dbname"] = dbname
+        return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in info.items()})
+
+    def create_database(self, name: str, template: str | None = None) -> str:
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            stmt = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+            if template:
+                stmt += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
+            conn.execute(stmt)
+        return self.url_for(name)
+
+    def drop_database(self, name: str) -> None:
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    url = os.environ.get("MVO_TEST_DATABASE_URL")
+    if url:
+        yield PgServer(url)
+        return
+    server = TemporaryServer().start()
+    try:
+        yield PgServer(server.url)
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def db_url(pg_server: PgServer) -> Iterator[str]:
+    """URL of a fresh, empty database, dropped after the test."""
+    name = f"mvo_t{next(_counter)}_{uuid.uuid4().hex[:8]}"
+    url = pg_server.create_database(name)
+    try:
+        yield url
+    finally:
+        pg_server.drop_database(name)
+
+
+@pytest.fixture
+def conn(db_url: str) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit connection to a fresh database."""
+    with psycopg.connect(db_url, autocommit=True) as c:
+        yield c
