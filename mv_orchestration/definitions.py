@@ -1,0 +1,42 @@
+"""The ``Definitions`` the workspace loads.
+
+Nothing here runs at import time: Dagster calls :func:`defs` when it loads the code location,
+which reads the catalog (or its cached copy when the database is unreachable).
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from mv_orchestration.lib.defs import DatabaseTarget, build_definitions, default_translator
+from mv_orchestration.lib.resource import PostgresResource
+from mv_orchestration.lib.snapshot import load_snapshot
+from mv_orchestration.settings import Settings
+
+
+def build_from_settings(settings: Settings) -> dg.Definitions:
+    snapshot = load_snapshot(
+        settings.database_url,
+        alias=settings.alias,
+        schemas=settings.schemas,
+        exclude_schemas=settings.exclude_schemas,
+        cache_dir=settings.state_dir / "catalog",
+    )
+    resource = PostgresResource(
+        dsn=dg.EnvVar("DATABASE_URL"),
+        lock_timeout_s=settings.lock_timeout_s,
+        statement_timeout_s=settings.statement_timeout_s,
+    )
+    target = DatabaseTarget(
+        alias=settings.alias,
+        resource=resource,
+        translator=default_translator(
+            settings.alias, prefix_with_alias=settings.alias != "default"
+        ),
+    )
+    return build_definitions([(target, snapshot)])
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return build_from_settings(Settings.from_env())

@@ -1,0 +1,187 @@
+"""Asset factory: every MV of one database is an output of one subsettable multi-asset.
+
+One op per run refreshes the selected MVs in dependency order on one pooled connection, so
+"materialize these five" is one run, upstream first, with no per-view process start. When a
+refresh fails, the MVs downstream of it in the same run are skipped (not refreshed from stale
+inputs), the others still refresh, and the step fails naming every failure.
+"""
+
+from collections.abc import Iterator
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+import psycopg
+from dagster import AssetExecutionContext
+from psycopg import sql
+
+from mv_orchestration.core.catalog import CatalogSnapshot, RelationRef
+from mv_orchestration.core.graph import LineageGraph
+from mv_orchestration.core.refresh import RefreshResult, refresh_view
+from mv_orchestration.core.sql import relation
+from mv_orchestration.errors import MvoError, RefreshError
+from mv_orchestration.lib.resource import PostgresResource
+from mv_orchestration.lib.translator import MvTranslator, safe_name
+
+PREVIEW_ROWS = 5
+
+
+def refresh_metadata(result: RefreshResult) -> dict[str, Any]:
+    """Typed materialization metadata, so the UI can plot the numbers."""
+    meta: dict[str, Any] = {
+        "duration_s": dg.MetadataValue.float(round(result.duration_s, 6)),
+        "method": result.method,
+        "blocks_readers": result.blocks_readers,
+        "size_bytes": dg.MetadataValue.int(result.size_bytes),
+        "attempts": dg.MetadataValue.int(result.attempts),
+        "server_version": result.server_version,
+        "started_at": dg.MetadataValue.timestamp(result.started_at),
+    }
+    if result.rows_after is not None:
+        meta["dagster/row_count"] = dg.MetadataValue.int(result.rows_after)
+    if result.rows_before is not None:
+        meta["rows_before"] = dg.MetadataValue.int(result.rows_before)
+    if result.lock_wait_s is not None:
+        meta["lock_wait_s"] = dg.MetadataValue.float(round(result.lock_wait_s, 6))
+    return meta
+
+
+def preview_markdown(conn: psycopg.Connection[Any], ref: RelationRef, limit: int) -> str:
+    with conn.cursor() as cur:
+        cur.execute(
+            sql.SQL("SELECT * FROM {} LIMIT {}").format(
+                relation(ref.schema, ref.name), sql.Literal(limit)
+            )
+        )
+        names = [d.name for d in cur.description or []]
+        frame = pd.DataFrame(cur.fetchall(), columns=names)
+    if frame.empty:
+        return "_(no rows)_"
+    return str(frame.to_markdown(index=False))
+
+
+def failure_metadata(exc: RefreshError) -> dict[str, Any]:
+    meta: dict[str, Any] = {"view": exc.view, "error": exc.message}
+    if exc.sqlstate:
+        meta["sqlstate"] = exc.sqlstate
+    if exc.method:
+        meta["method"] = exc.method
+    if exc.blocking_pids:
+        meta["blocking_pids"] = ", ".join(map(str, exc.blocking_pids))
+        meta["lock_holders"] = dg.MetadataValue.md("\n".join(f"- {h}" for h in exc.lock_holders))
+    return meta
+
+
+def _out_from_spec(spec: dg.AssetSpec) -> dg.AssetOut:
+    return dg.AssetOut(
+        key=spec.key,
+        description=spec.description,
+        is_required=False,
+        metadata=spec.metadata,
+        group_name=spec.group_name,
+        code_version=spec.code_version,
+        automation_condition=spec.automation_condition,
+        owners=spec.owners,
+        tags=spec.tags,
+        kinds=spec.kinds,
+        freshness_policy=spec.freshness_policy,
+    )
+
+
+def build_refresh_assets(
+    snapshot: CatalogSnapshot,
+    translator: MvTranslator,
+    *,
+    resource_key: str = "postgres",
+    name: str = "refresh_materialized_views",
+    pool: str | None = None,
+    preview_rows: int = PREVIEW_ROWS,
+) -> list[dg.AssetsDefinition | dg.AssetSpec]:
+    """Asset definitions for one database: MVs (materializable) and their sources."""
+    sources: list[dg.AssetsDefinition | dg.AssetSpec] = [
+        translator.get_source_spec(rel) for rel in snapshot.relations
+    ]
+    if not snapshot.matviews:
+        return sources
+
+    graph = LineageGraph(snapshot)
+    specs = {mv.ref: translator.get_mv_spec(mv, snapshot) for mv in snapshot.matviews}
+    ref_by_key = {spec.key: ref for ref, spec in specs.items()}
+    # Output names must match ^[A-Za-z0-9_]+$ while keys may hold any identifier, so outputs
+    # are named here; lineage goes through deps/internal_asset_deps (AssetOut has no deps).
+    names = {
+        ref: f"{safe_name('__'.join(spec.key.path))}_{i}"
+        for i, (ref, spec) in enumerate(specs.items())
+    }
+    outs = {names[ref]: _out_from_spec(spec) for ref, spec in specs.items()}
+    internal_deps = {names[ref]: {d.asset_key for d in spec.deps} for ref, spec in specs.items()}
+    own_keys = {spec.key for spec in specs.values()}
+    external_deps = sorted(
+        {d.asset_key for spec in specs.values() for d in spec.deps} - own_keys,
+        key=lambda k: tuple(k.path),
+    )
+
+    @dg.multi_asset(
+        name=safe_name(name),
+        outs=outs,
+        deps=external_deps,
+        internal_asset_deps=internal_deps,
+        can_subset=True,
+        required_resource_keys={resource_key},
+        pool=pool,
+        op_tags={"kind": "postgres"},
+    )
+    def refresh_materialized_views(
+        context: AssetExecutionContext,
+    ) -> Iterator[dg.MaterializeResult[Any]]:
+        db: PostgresResource = getattr(context.resources, resource_key)
+        selected = [ref_by_key[k] for k in context.selected_asset_keys]
+        order = graph.refresh_order(selected)
+        failed: dict[RelationRef, RefreshError | MvoError] = {}
+        skipped: list[RelationRef] = []
+        total = len(order)
+        with db.connection() as conn:
+            for i, ref in enumerate(order, start=1):
+                bad_upstream = graph.upstream_matviews([ref]) & (set(failed) | set(skipped))
+                if bad_upstream:
+                    skipped.append(ref)
+                    context.log.warning(
+                        f"[{i}/{total}] skipped {ref.qualname}: upstream "
+                        f"{', '.join(sorted(r.qualname for r in bad_upstream))} did not refresh"
+                    )
+                    continue
+                context.log.info(f"[{i}/{total}] refreshing {ref.qualname} ...")
+                try:
+                    result = refresh_view(
+                        conn,
+                        ref.schema,
+                        ref.name,
+                        db.refresh_options,
+                        on_retry=lambda e, n, d: context.log.warning(f"{e}; retry {n} in {d:.1f}s"),
+                    )
+                except MvoError as exc:
+                    failed[ref] = exc
+                    context.log.error(f"[{i}/{total}] {exc}")
+                    continue
+                meta = refresh_metadata(result)
+                if preview_rows > 0:
+                    meta["preview"] = dg.MetadataValue.md(preview_markdown(conn, ref, preview_rows))
+                rows = f", {result.rows_after} rows" if result.rows_after is not None else ""
+                context.log.info(
+                    f"[{i}/{total}] refreshed {ref.qualname} in {result.duration_s:.3f}s "
+                    f"({result.method}{rows})"
+                )
+                yield dg.MaterializeResult(asset_key=specs[ref].key, metadata=meta)
+        if failed:
+            first = next(iter(failed.values()))
+            raise dg.Failure(
+                description="; ".join(str(e) for e in failed.values())
+                + (
+                    f"; skipped downstream: {', '.join(r.qualname for r in skipped)}"
+                    if skipped
+                    else ""
+                ),
+                metadata=failure_metadata(first) if isinstance(first, RefreshError) else {},
+            )
+
+    return [*sources, refresh_materialized_views]

@@ -1,0 +1,84 @@
+"""The database resource: a psycopg 3 connection pool, opened per run and closed after it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import dagster as dg
+import psycopg
+from psycopg_pool import ConnectionPool
+from pydantic import Field, PrivateAttr
+
+from mv_orchestration.core.refresh import MethodPreference, RefreshOptions
+
+
+class PostgresResource(dg.ConfigurableResource):  # type: ignore[type-arg]
+    """Connection to one PostgreSQL database holding materialized views.
+
+    ``dsn`` should come from the environment: ``PostgresResource(dsn=dg.EnvVar("DATABASE_URL"))``.
+    Its value is never logged nor recorded as metadata.
+    """
+
+    dsn: str = Field(description="libpq connection string or URL; pass dg.EnvVar(...)")
+    application_name: str = Field(default="mv_orchestration")
+    pool_max_size: int = Field(default=4, ge=1)
+    connect_timeout_s: int = Field(default=10, ge=1)
+    lock_timeout_s: float = Field(default=10.0, gt=0)
+    statement_timeout_s: float = Field(default=1800.0, gt=0)
+    lock_retries: int = Field(default=2, ge=0)
+    retry_backoff_s: float = Field(default=2.0, ge=0)
+    method: MethodPreference = Field(
+        default="auto", description="'auto' uses CONCURRENTLY when allowed; 'blocking' never does"
+    )
+    count_rows: bool = Field(default=True, description="count rows before/after each refresh")
+
+    _pool: ConnectionPool | None = PrivateAttr(default=None)
+
+    @property
+    def refresh_options(self) -> RefreshOptions:
+        return RefreshOptions(
+            lock_timeout_s=self.lock_timeout_s,
+            statement_timeout_s=self.statement_timeout_s,
+            lock_retries=self.lock_retries,
+            retry_backoff_s=self.retry_backoff_s,
+            method=self.method,
+            count_rows=self.count_rows,
+        )
+
+    def _connect_kwargs(self) -> dict[str, Any]:
+        return {
+            "autocommit": True,
+            "application_name": self.application_name,
+            "connect_timeout": self.connect_timeout_s,
+        }
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._pool = ConnectionPool(
+            self.dsn,
+            min_size=1,
+            max_size=self.pool_max_size,
+            kwargs=self._connect_kwargs(),
+            open=False,
+            name="mv_orchestration",
+        )
+        self._pool.open(wait=True, timeout=float(self.connect_timeout_s))
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled autocommit connection, returned to the pool on exit.
+
+        Outside a run (no pool was set up) a direct connection is opened and closed.
+        """
+        if self._pool is not None:
+            with self._pool.connection() as conn:
+                yield conn
+            return
+        with psycopg.connect(self.dsn, **self._connect_kwargs()) as conn:
+            yield conn

@@ -1,0 +1,55 @@
+"""Read the catalog when definitions are built, with a cached copy for when the DB is down."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import psycopg
+
+from mv_orchestration.core.catalog import CatalogSnapshot, read_catalog
+from mv_orchestration.errors import CatalogError
+
+log = logging.getLogger("mv_orchestration")
+
+
+def cache_file(cache_dir: Path, alias: str) -> Path:
+    return cache_dir / f"catalog-{hashlib.sha256(alias.encode()).hexdigest()[:12]}.json"
+
+
+def load_snapshot(
+    dsn: str,
+    *,
+    alias: str,
+    schemas: Sequence[str] | None = None,
+    exclude_schemas: Sequence[str] = (),
+    cache_dir: Path | None = None,
+    connect_timeout_s: int = 5,
+) -> CatalogSnapshot:
+    """Read the catalog; on success refresh the cache, on a connection failure use the cache.
+
+    The cache lets the code location load (and show the last known graph) while the database
+    is unreachable; runs then fail with the connection error instead of the UI going blank.
+    """
+    path = cache_file(cache_dir, alias) if cache_dir else None
+    try:
+        with psycopg.connect(
+            dsn, autocommit=True, connect_timeout=connect_timeout_s, application_name="mvo-catalog"
+        ) as conn:
+            snapshot = read_catalog(conn, schemas, exclude_schemas=exclude_schemas)
+    except psycopg.OperationalError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if path is not None and path.exists():
+            log.warning(
+                "database %s unreachable (%s); using cached catalog %s", alias, reason, path
+            )
+            return CatalogSnapshot.from_json(path.read_text())
+        raise CatalogError(f"cannot read the catalog of database {alias!r}: {reason}") from exc
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(snapshot.to_json())
+        tmp.replace(path)
+    return snapshot

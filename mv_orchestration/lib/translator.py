@@ -1,0 +1,163 @@
+"""One object decides every asset's spec, like ``DagsterDbtTranslator``.
+
+Subclass :class:`MvTranslator` and override a ``get_*`` method to customise keys, groups,
+descriptions, metadata, tags or owners.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import dagster as dg
+
+from mv_orchestration.core.catalog import (
+    CatalogSnapshot,
+    Column,
+    MaterializedView,
+    Relation,
+    RelationRef,
+)
+
+_GROUP_SAFE = re.compile(r"[^A-Za-z0-9_]+")
+_KIND_TAG = {
+    "table": "table",
+    "partitioned_table": "table",
+    "foreign_table": "table",
+    "view": "view",
+    "matview": "view",
+}
+
+
+def safe_name(text: str) -> str:
+    """A Dagster-safe name (``^[A-Za-z0-9_]+$``) derived from any identifier."""
+    cleaned = _GROUP_SAFE.sub("_", text).strip("_")
+    return cleaned or "_"
+
+
+def definition_hash(definition: str) -> str:
+    """Code version of an MV: changes exactly when its SQL definition changes."""
+    normalized = " ".join(definition.split())
+    return hashlib.sha256(normalized.encode()).hexdigest()[:16]
+
+
+def column_schema(columns: Sequence[Column]) -> dg.TableSchema:
+    return dg.TableSchema(
+        columns=[
+            dg.TableColumn(
+                name=c.name,
+                type=c.data_type,
+                constraints=dg.TableColumnConstraints(nullable=c.nullable),
+            )
+            for c in columns
+        ]
+    )
+
+
+@dataclass(frozen=True)
+class TranslatorSettings:
+    """Plain settings most users need, without subclassing."""
+
+    key_prefix: tuple[str, ...] = ()
+    # schema name -> Dagster group; unmapped schemas use a sanitised schema name
+    schema_groups: Mapping[str, str] = field(default_factory=dict)
+    # "schema.name" -> group, wins over schema_groups
+    view_groups: Mapping[str, str] = field(default_factory=dict)
+    database_alias: str | None = None
+
+
+class MvTranslator:
+    """Builds ``AssetSpec`` objects from catalog objects."""
+
+    def __init__(self, settings: TranslatorSettings | None = None) -> None:
+        self.settings = settings or TranslatorSettings()
+
+    # --- keys and groups ----------------------------------------------------------------------
+    def get_asset_key(self, ref: RelationRef) -> dg.AssetKey:
+        return dg.AssetKey([*self.settings.key_prefix, ref.schema, ref.name])
+
+    def get_group_name(self, ref: RelationRef) -> str:
+        by_view = self.settings.view_groups.get(f"{ref.schema}.{ref.name}")
+        if by_view:
+            return safe_name(by_view)
+        return safe_name(self.settings.schema_groups.get(ref.schema, ref.schema))
+
+    # --- materialized views -------------------------------------------------------------------
+    def get_mv_description(self, mv: MaterializedView) -> str:
+        parts = [mv.comment.strip()] if mv.comment else []
+        method = (
+            "`REFRESH ... CONCURRENTLY` (readers are not blocked)"
+            if mv.has_usable_unique_index
+            else "plain `REFRESH` (blocks readers: no unique index on plain columns)"
+        )
+        parts.append(f"Materialized view `{mv.qualname}`, refreshed with {method}.")
+        parts.append(f"```sql\n{mv.definition.strip()}\n```")
+        return "\n\n".join(parts)
+
+    def get_mv_metadata(self, mv: MaterializedView) -> dict[str, object]:
+        meta: dict[str, object] = {
+            "dagster/column_schema": column_schema(mv.columns),
+            "dagster/table_name": f"{self.settings.database_alias or 'postgres'}.{mv.qualname}",
+            "postgres/relation": mv.qualname,
+            "postgres/owner": mv.owner,
+            "postgres/populated": mv.populated,
+            "postgres/size_bytes": dg.MetadataValue.int(mv.size_bytes),
+            "postgres/concurrent_refresh": mv.has_usable_unique_index,
+            "postgres/unique_indexes": ", ".join(
+                f"{ix.name}({', '.join(ix.columns)})"
+                + ("" if ix.usable_for_concurrently else f" — not usable: {ix.reason}")
+                for ix in mv.unique_indexes
+            )
+            or "none",
+        }
+        if mv.tablespace:
+            meta["postgres/tablespace"] = mv.tablespace
+        return meta
+
+    def get_owners(self, owner_role: str) -> list[str]:
+        # Dagster owners are e-mails or "team:" names; a role is shown as a team.
+        return [f"team:{safe_name(owner_role)}"]
+
+    def get_mv_tags(self, mv: MaterializedView) -> dict[str, str]:
+        return {"mvo/method": "concurrently" if mv.has_usable_unique_index else "blocking"}
+
+    def get_mv_spec(self, mv: MaterializedView, snapshot: CatalogSnapshot) -> dg.AssetSpec:
+        return dg.AssetSpec(
+            key=self.get_asset_key(mv.ref),
+            deps=[self.get_asset_key(ref) for ref in mv.upstream],
+            description=self.get_mv_description(mv),
+            metadata=self.get_mv_metadata(mv),
+            group_name=self.get_group_name(mv.ref),
+            code_version=definition_hash(mv.definition),
+            owners=self.get_owners(mv.owner),
+            tags=self.get_mv_tags(mv),
+            kinds={"postgres", "view"},
+            skippable=True,
+        )
+
+    # --- upstream tables and views ------------------------------------------------------------
+    def get_source_description(self, rel: Relation) -> str:
+        label = rel.kind.replace("_", " ")
+        parts = [rel.comment.strip()] if rel.comment else []
+        parts.append(f"PostgreSQL {label} `{rel.qualname}` (not refreshed by mv-orchestration).")
+        if rel.definition:
+            parts.append(f"```sql\n{rel.definition.strip()}\n```")
+        return "\n\n".join(parts)
+
+    def get_source_spec(self, rel: Relation) -> dg.AssetSpec:
+        return dg.AssetSpec(
+            key=self.get_asset_key(rel.ref),
+            deps=[self.get_asset_key(ref) for ref in rel.upstream],
+            description=self.get_source_description(rel),
+            metadata={
+                "dagster/column_schema": column_schema(rel.columns),
+                "postgres/relation": rel.qualname,
+                "postgres/kind": rel.kind,
+                "postgres/owner": rel.owner,
+            },
+            group_name=self.get_group_name(rel.ref),
+            owners=self.get_owners(rel.owner),
+            kinds={"postgres", _KIND_TAG[rel.kind]},
+        )

@@ -1,0 +1,58 @@
+"""Settings read from the environment (the only module besides the CLI that reads it)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from mv_orchestration.errors import ConfigError
+
+
+def _csv(name: str) -> tuple[str, ...] | None:
+    raw = os.environ.get(name, "").strip()
+    return tuple(s.strip() for s in raw.split(",") if s.strip()) or None
+
+
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}={raw!r} is not a number") from exc
+    if value <= 0:
+        raise ConfigError(f"{name}={raw!r} must be greater than 0")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the code location needs; see the README's Configuration table."""
+
+    database_url: str
+    alias: str
+    schemas: tuple[str, ...] | None
+    exclude_schemas: tuple[str, ...]
+    state_dir: Path
+    lock_timeout_s: float
+    statement_timeout_s: float
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        url = os.environ.get("DATABASE_URL", "").strip()
+        if not url:
+            raise ConfigError(
+                "DATABASE_URL is not set: export it (postgresql://user@host:5432/db) "
+                "or run 'mvo dev' to use the embedded demo database"
+            )
+        return cls(
+            database_url=url,
+            alias=os.environ.get("MVO_DATABASE_ALIAS", "").strip() or "default",
+            schemas=_csv("MVO_SCHEMAS"),
+            exclude_schemas=_csv("MVO_EXCLUDE_SCHEMAS") or (),
+            state_dir=Path(os.environ.get("MVO_STATE_DIR", ".mvo")).resolve(),
+            lock_timeout_s=_float("MVO_LOCK_TIMEOUT_S", 10.0),
+            statement_timeout_s=_float("MVO_STATEMENT_TIMEOUT_S", 1800.0),
+        )

@@ -1,0 +1,169 @@
+"""The Dagster layer against a real PostgreSQL server and a real (temporary) Dagster instance."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import psycopg
+import pytest
+
+from mv_orchestration.core.catalog import read_catalog
+from mv_orchestration.errors import CatalogError
+from mv_orchestration.lib.defs import DatabaseTarget, build_definitions, default_translator
+from mv_orchestration.lib.resource import PostgresResource
+from mv_orchestration.lib.snapshot import load_snapshot
+from mv_orchestration.lib.translator import definition_hash
+
+DDL = """
+CREATE SCHEMA shop;
+CREATE TABLE shop.orders (id serial PRIMARY KEY, region text NOT NULL, amount int NOT NULL);
+INSERT INTO shop.orders (region, amount) VALUES ('eu', 10), ('us', 5);
+CREATE VIEW shop.v_orders AS SELECT * FROM shop.orders WHERE amount > 0;
+CREATE MATERIALIZED VIEW shop.mv_sales AS
+    SELECT region, sum(amount) AS total, count(*) AS n FROM shop.v_orders GROUP BY region;
+CREATE UNIQUE INDEX ON shop.mv_sales (region);
+COMMENT ON MATERIALIZED VIEW shop.mv_sales IS 'Sales per region';
+CREATE MATERIALIZED VIEW shop.mv_grand AS SELECT sum(total) AS total FROM shop.mv_sales;
+CREATE TABLE shop.divisors (d int);
+INSERT INTO shop.divisors VALUES (1);
+CREATE MATERIALIZED VIEW shop.mv_ratio AS SELECT 100 / d AS r FROM shop.divisors;
+CREATE MATERIALIZED VIEW shop.mv_ratio_sum AS SELECT sum(r) AS s FROM shop.mv_ratio;
+"""
+
+
+@pytest.fixture
+def shop(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+    conn.execute(DDL)
+    return conn
+
+
+@pytest.fixture
+def instance() -> Iterator[dg.DagsterInstance]:
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+def make_defs(db_url: str, conn: psycopg.Connection[Any], **resource_kw: Any) -> dg.Definitions:
+    target = DatabaseTarget(
+        alias="default",
+        resource=PostgresResource(dsn=db_url, **resource_kw),
+        translator=default_translator("default", prefix_with_alias=False),
+    )
+    return build_definitions([(target, read_catalog(conn, ["shop"]))])
+
+
+K = dg.AssetKey
+
+
+def test_asset_graph_matches_catalog(db_url: str, shop: psycopg.Connection[Any]) -> None:
+    defs = make_defs(db_url, shop)
+    graph = defs.resolve_asset_graph()
+    mvs = {K(["shop", n]) for n in ("mv_sales", "mv_grand", "mv_ratio", "mv_ratio_sum")}
+    assert graph.materializable_asset_keys == mvs
+    assert graph.get(K(["shop", "mv_sales"])).parent_keys == {K(["shop", "v_orders"])}
+    assert graph.get(K(["shop", "v_orders"])).parent_keys == {K(["shop", "orders"])}
+    assert graph.get(K(["shop", "mv_grand"])).parent_keys == {K(["shop", "mv_sales"])}
+    assert not graph.get(K(["shop", "orders"])).is_materializable
+    spec = graph.get(K(["shop", "mv_sales"]))
+    assert spec.kinds == {"postgres", "view"}
+    assert spec.group_name == "shop"
+    assert spec.owners == ["team:postgres"] or spec.owners[0].startswith("team:")
+    assert spec.description is not None and spec.description.startswith("Sales per region")
+    assert "CONCURRENTLY" in spec.description and "```sql" in spec.description
+    schema = spec.metadata["dagster/column_schema"]
+    assert [c.name for c in schema.columns] == ["region", "total", "n"]
+    blocking = graph.get(K(["shop", "mv_grand"]))
+    assert blocking.description is not None and "blocks readers" in blocking.description
+
+
+def test_code_version_follows_definition(db_url: str, shop: psycopg.Connection[Any]) -> None:
+    before = make_defs(db_url, shop).resolve_asset_graph().get(K(["shop", "mv_grand"])).code_version
+    shop.execute(
+        "DROP MATERIALIZED VIEW shop.mv_grand;"
+        "CREATE MATERIALIZED VIEW shop.mv_grand AS SELECT max(total) AS total FROM shop.mv_sales"
+    )
+    after = make_defs(db_url, shop).resolve_asset_graph().get(K(["shop", "mv_grand"])).code_version
+    assert before != after
+    assert definition_hash("SELECT  1\n") == definition_hash("SELECT 1")
+
+
+def _materializations(result: dg.ExecuteInProcessResult) -> Sequence[dg.AssetMaterialization]:
+    return result.asset_materializations_for_node("refresh_default")
+
+
+def test_materialize_chain_in_dependency_order(
+    db_url: str, shop: psycopg.Connection[Any], instance: dg.DagsterInstance
+) -> None:
+    shop.execute("INSERT INTO shop.orders (region, amount) VALUES ('apac', 7)")
+    job = make_defs(db_url, shop).resolve_implicit_global_asset_job_def()
+    # selection order deliberately reversed: the run must still refresh upstream first
+    result = job.execute_in_process(
+        instance=instance, asset_selection=[K(["shop", "mv_grand"]), K(["shop", "mv_sales"])]
+    )
+    assert result.success
+    mats = _materializations(result)
+    assert [m.asset_key for m in mats] == [K(["shop", "mv_sales"]), K(["shop", "mv_grand"])]
+    sales = mats[0].metadata
+    assert sales["method"].value == "concurrently"
+    assert sales["dagster/row_count"].value == 3 and sales["rows_before"].value == 2
+    assert sales["duration_s"].value > 0 and sales["size_bytes"].value > 0
+    assert "apac" in sales["preview"].value
+    assert mats[1].metadata["method"].value == "blocking"
+    assert shop.execute("SELECT total FROM shop.mv_grand").fetchone() == (22,)
+    # the run is in the instance's history
+    assert instance.get_latest_materialization_event(K(["shop", "mv_grand"])) is not None
+
+
+def test_failure_skips_downstream_and_reports_sqlstate(
+    db_url: str, shop: psycopg.Connection[Any], instance: dg.DagsterInstance
+) -> None:
+    shop.execute("INSERT INTO shop.divisors VALUES (0)")
+    job = make_defs(db_url, shop).resolve_implicit_global_asset_job_def()
+    result = job.execute_in_process(instance=instance, raise_on_error=False)
+    assert not result.success
+    done = {m.asset_key for m in _materializations(result)}
+    assert done == {K(["shop", "mv_sales"]), K(["shop", "mv_grand"])}
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    info = failure.step_failure_data
+    assert info.user_failure_data is not None
+    meta = info.user_failure_data.metadata
+    assert meta["sqlstate"].value == "22012"
+    assert meta["view"].value == "shop.mv_ratio"
+    assert "division by zero" in (info.user_failure_data.description or "")
+    assert "skipped downstream: shop.mv_ratio_sum" in (info.user_failure_data.description or "")
+
+
+def test_lock_timeout_fails_run_with_holder(
+    db_url: str, shop: psycopg.Connection[Any], instance: dg.DagsterInstance
+) -> None:
+    defs = make_defs(db_url, shop, lock_timeout_s=0.1, lock_retries=0)
+    job = defs.resolve_implicit_global_asset_job_def()
+    with (
+        psycopg.connect(db_url, autocommit=True) as other,
+        other.transaction(),
+    ):
+        other.execute("SELECT * FROM shop.mv_grand")  # plain refresh of mv_grand must wait
+        holder = other.info.backend_pid
+        result = job.execute_in_process(
+            instance=instance, asset_selection=[K(["shop", "mv_grand"])], raise_on_error=False
+        )
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert failure.step_failure_data.user_failure_data is not None
+    meta = failure.step_failure_data.user_failure_data.metadata
+    assert meta["sqlstate"].value == "55P03"
+    assert meta["blocking_pids"].value == str(holder)
+
+
+def test_snapshot_cache_when_database_is_down(
+    db_url: str, shop: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    live = load_snapshot(db_url, alias="shop", schemas=["shop"], cache_dir=tmp_path)
+    down = "postgresql://nobody@127.0.0.1:1/none"
+    cached = load_snapshot(down, alias="shop", schemas=["shop"], cache_dir=tmp_path)
+    assert cached == live
+    with pytest.raises(CatalogError, match="cannot read the catalog of database 'other'"):
+        load_snapshot(down, alias="other", cache_dir=tmp_path)
