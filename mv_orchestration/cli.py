@@ -1,0 +1,432 @@
+"""``mvo``: run the demo, inspect the catalog, refresh views through Dagster, manage the
+embedded server. Errors print as one line and exit non-zero."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import psycopg
+
+from mv_orchestration.errors import ConfigError, MvoError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEMO_DB = "mvo_demo"
+STORAGE_DB = "dagster"
+
+
+def _one_line_errors(fn: F) -> F:
+    """Turn expected failures into ``Error: <one line>`` and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except MvoError as exc:
+            raise click.ClickException(str(exc)) from None
+        except Exception as exc:
+            from dagster import DagsterError
+
+            if isinstance(exc, DagsterError):
+                first = str(exc).strip().splitlines()
+                raise click.ClickException(f"Dagster: {first[0] if first else exc}") from None
+            raise
+        except psycopg.OperationalError as exc:
+            first = str(exc).strip().splitlines()
+            raise click.ClickException(
+                f"cannot connect to the database: {first[0] if first else exc}"
+            ) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _echo_err(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+def _state_dir() -> Path:
+    return Path(os.environ.get("MVO_STATE_DIR", ".mvo")).resolve()
+
+
+def _embedded() -> Any:
+    from mv_orchestration.demo.embedded import PersistentServer
+
+    return PersistentServer(_state_dir() / "postgres")
+
+
+def _psycopg2_url(url: str) -> str:
+    """Dagster's storage speaks psycopg2; SQLAlchemy 2.1 would pick psycopg 3 for postgresql://."""
+    for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg2://" + url[len(prefix) :]
+    return url
+
+
+def resolve_database_url() -> str:
+    """DATABASE_URL, else the embedded demo database when its server is running."""
+    url = os.environ.get("DATABASE_URL", "").strip()
+    if url:
+        return url
+    server = _embedded()
+    status = server.status()
+    if status.running:
+        _echo_err(f"DATABASE_URL is not set; using the embedded demo database ({DEMO_DB})")
+        return str(server.url(DEMO_DB))
+    raise ConfigError(
+        "DATABASE_URL is not set and the embedded demo server is not running "
+        "(export DATABASE_URL, or run 'mvo dev' / 'mvo db start')"
+    )
+
+
+@contextmanager
+def _env(**values: str) -> Iterator[None]:
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _dagster_home() -> Path:
+    home = Path(os.environ.get("DAGSTER_HOME") or _state_dir() / "dagster_home").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+def _prepare_instance(project_dir: Path) -> dict[str, str]:
+    """DAGSTER_HOME with our dagster.yaml, and Dagster's storage on the embedded server."""
+    home = _dagster_home()
+    env: dict[str, str] = {"DAGSTER_HOME": str(home)}
+    if not (home / "dagster.yaml").exists() or "DAGSTER_HOME" not in os.environ:
+        src = project_dir / "dagster.yaml"
+        if not src.exists():
+            raise ConfigError(f"{src} not found: run mvo from the project directory")
+        shutil.copyfile(src, home / "dagster.yaml")
+    storage = os.environ.get("MVO_DAGSTER_STORAGE_URL", "").strip()
+    if not storage:
+        from mv_orchestration.demo.embedded import create_database
+
+        server = _embedded()
+        server.start()
+        create_database(server.url(), STORAGE_DB)
+        storage = server.url(STORAGE_DB)
+    env["MVO_DAGSTER_STORAGE_URL"] = _psycopg2_url(storage)
+    return env
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mv-orchestration")
+def main() -> None:
+    """mv-orchestration: keep PostgreSQL materialized views fresh with Dagster.
+
+    Reads DATABASE_URL; without it, commands use the embedded demo server (see 'mvo dev').
+    """
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+
+
+# --- mvo dev --------------------------------------------------------------------------------
+
+
+def _demo_loaded(url: str) -> bool:
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM pg_matviews").fetchone()
+    return bool(row and row[0] > 0)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address the UI binds to.")
+@click.option("--port", default=3000, show_default=True, type=int, help="Port of the UI.")
+@click.option("--reload-demo", is_flag=True, help="Drop and reload the demo data first.")
+@click.option("--scale", default=1.0, show_default=True, type=float, help="Demo data volume.")
+@click.option(
+    "--generate/--no-generate",
+    default=True,
+    show_default=True,
+    help="Keep inserting demo traffic while the UI runs.",
+)
+@_one_line_errors
+def dev(host: str, port: int, reload_demo: bool, scale: float, generate: bool) -> None:
+    """Run the Dagster UI; without DATABASE_URL, on the embedded demo database."""
+    from mv_orchestration.demo import data
+    from mv_orchestration.demo.embedded import create_database
+
+    project_dir = Path.cwd()
+    if not (project_dir / "workspace.yaml").exists():
+        raise ConfigError("workspace.yaml not found: run 'mvo dev' from the project directory")
+    env = _prepare_instance(project_dir)
+    url = os.environ.get("DATABASE_URL", "").strip()
+    demo = not url
+    if demo:
+        server = _embedded()
+        _echo_err(f"embedded PostgreSQL running ({server.pgdata}); stop it with 'mvo db stop'")
+        create_database(server.url(), DEMO_DB)
+        url = str(server.url(DEMO_DB))
+        if reload_demo or not _demo_loaded(url):
+            _echo_err(f"loading the demo systems (scale {scale}) ...")
+            with psycopg.connect(url, autocommit=True) as conn:
+                counts = data.load_demo(conn, scale=scale, progress=lambda m: _echo_err(f"  {m}"))
+            _echo_err(f"loaded {sum(counts.values()):,} rows into {len(counts)} tables")
+        env["DATABASE_URL"] = url
+    stop = threading.Event()
+    gen: threading.Thread | None = None
+    if demo and generate:
+        gen = threading.Thread(
+            target=data.run_generator,
+            args=(url,),
+            kwargs={"interval_s": 2.0, "stop": stop},
+            daemon=True,
+            name="demo-generator",
+        )
+        gen.start()
+        _echo_err("demo traffic generator running (disable with --no-generate)")
+    cmd = [
+        sys.executable,
+        "-m",
+        "dagster",
+        "dev",
+        "-w",
+        str(project_dir / "workspace.yaml"),
+        "-h",
+        host,
+        "-p",
+        str(port),
+    ]
+    _echo_err(f"Dagster UI: http://{host}:{port}  (Ctrl-C to stop)")
+    proc = subprocess.Popen(cmd, env={**os.environ, **env})
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait()
+    finally:
+        stop.set()
+        if gen is not None:
+            gen.join(timeout=10)
+    sys.exit(code)
+
+
+# --- mvo discover ---------------------------------------------------------------------------
+
+
+def _human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the catalog snapshot as JSON.")
+@click.option("--schema", "schemas", multiple=True, help="Only these schemas (repeatable).")
+@_one_line_errors
+def discover(as_json: bool, schemas: tuple[str, ...]) -> None:
+    """List materialized views, their sources and refresh method, in refresh order."""
+    from mv_orchestration.core.catalog import read_catalog
+    from mv_orchestration.core.graph import LineageGraph
+    from mv_orchestration.core.refresh import choose_method
+
+    url = resolve_database_url()
+    with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+        snap = read_catalog(conn, list(schemas) or None)
+    order = LineageGraph(snap).refresh_order()
+    if as_json:
+        payload = json.loads(snap.to_json())
+        payload["refresh_order"] = [r.qualname for r in order]
+        click.echo(json.dumps(payload, indent=2, sort_keys=True))
+        return
+    if not order:
+        click.echo("no materialized views found")
+        return
+    import pandas as pd
+
+    rows = []
+    for i, ref in enumerate(order, start=1):
+        mv = snap.matview(ref)
+        rows.append(
+            {
+                "#": i,
+                "view": mv.qualname,
+                "method": choose_method(mv.populated, mv.has_usable_unique_index, "auto"),
+                "size": _human_bytes(mv.size_bytes),
+                "sources": ", ".join(r.qualname for r in mv.upstream),
+            }
+        )
+    click.echo(pd.DataFrame(rows).to_string(index=False))
+    click.echo(
+        f"\n{len(order)} materialized views in {snap.database} (PostgreSQL {snap.server_version})"
+    )
+
+
+# --- mvo refresh ----------------------------------------------------------------------------
+
+
+class _ProgressHandler(logging.Handler):
+    """Prints the asset's own progress lines; Dagster's step/run events are left out."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        meta = getattr(record, "dagster_meta", None) or {}
+        if meta.get("dagster_event") is not None:
+            return
+        click.echo(
+            meta.get("orig_message") or record.getMessage(), err=record.levelno >= logging.WARNING
+        )
+
+
+@main.command()
+@click.argument("views", nargs=-1)
+@click.option("--group", "groups", multiple=True, help="Refresh every view in this group.")
+@click.option("--all", "all_views", is_flag=True, help="Refresh every materialized view.")
+@click.option("--downstream", is_flag=True, help="Also refresh views downstream of those named.")
+@_one_line_errors
+def refresh(
+    views: tuple[str, ...], groups: tuple[str, ...], all_views: bool, downstream: bool
+) -> None:
+    """Refresh views through Dagster (recorded in the instance's run history).
+
+    VIEWS are 'schema.name' or a bare name when it is unique.
+    """
+    import dagster as dg
+
+    from mv_orchestration.definitions import build_from_settings
+    from mv_orchestration.settings import Settings
+
+    if not (views or groups or all_views):
+        raise click.UsageError("name at least one VIEW, or use --group G or --all")
+    url = resolve_database_url()
+    env = _prepare_instance(Path.cwd())
+    with _env(DATABASE_URL=url, **env):
+        defs = build_from_settings(Settings.from_env())
+        graph = defs.resolve_asset_graph()
+        mv_keys = sorted(graph.materializable_asset_keys, key=lambda k: tuple(k.path))
+        selected = _select(graph, mv_keys, views, groups, all_views, downstream)
+        job = defs.resolve_implicit_global_asset_job_def()
+
+        @dg.logger
+        def mvo_progress(init_context: dg.InitLoggerContext) -> logging.Logger:
+            log = logging.Logger("mvo.progress", level=logging.INFO)
+            log.addHandler(_ProgressHandler())
+            return log
+
+        job = job.with_logger_defs({"mvo": mvo_progress})
+        click.echo(f"refreshing {len(selected)} view(s) through Dagster ...", err=True)
+        with dg.DagsterInstance.get() as instance:
+            result = job.execute_in_process(
+                instance=instance,
+                asset_selection=selected,
+                raise_on_error=False,
+                run_config={"loggers": {"mvo": {}}},
+                tags={"mvo/trigger": "cli"},
+            )
+    done = len(result.get_asset_materialization_events())
+    if not result.success:
+        raise click.ClickException(
+            f"run {result.run_id} failed: {done} of {len(selected)} view(s) refreshed"
+        )
+    click.echo(f"run {result.run_id} succeeded: {done} view(s) refreshed")
+
+
+def _select(
+    graph: Any,
+    mv_keys: Sequence[Any],
+    views: Sequence[str],
+    groups: Sequence[str],
+    all_views: bool,
+    downstream: bool,
+) -> list[Any]:
+    from mv_orchestration.errors import UnknownViewError
+
+    if all_views:
+        return list(mv_keys)
+    chosen: set[Any] = set()
+    for name in views:
+        parts = name.split(".", 1) if "." in name else [name]
+        matches = [k for k in mv_keys if list(k.path[-len(parts) :]) == parts]
+        if not matches:
+            raise UnknownViewError(f"no materialized view named {name!r} (see 'mvo discover')")
+        if len(matches) > 1:
+            names = ", ".join(".".join(k.path) for k in matches)
+            raise UnknownViewError(f"{name!r} is ambiguous: {names}; use schema.name")
+        chosen.add(matches[0])
+    for group in groups:
+        in_group = [k for k in mv_keys if graph.get(k).group_name == group]
+        if not in_group:
+            known = sorted({graph.get(k).group_name for k in mv_keys})
+            raise UnknownViewError(f"no views in group {group!r} (groups: {', '.join(known)})")
+        chosen.update(in_group)
+    if downstream:
+        mv_set = set(mv_keys)
+        frontier = list(chosen)
+        while frontier:
+            for child in graph.get(frontier.pop()).child_keys:
+                if child in mv_set and child not in chosen:
+                    chosen.add(child)
+                    frontier.append(child)
+    return sorted(chosen, key=lambda k: tuple(k.path))
+
+
+# --- mvo db ---------------------------------------------------------------------------------
+
+
+@main.group()
+def db() -> None:
+    """Manage the embedded PostgreSQL server (data in .mvo/postgres)."""
+
+
+@db.command("start")
+@_one_line_errors
+def db_start() -> None:
+    """Start the embedded server (initialising it on first use) and print its URL."""
+    server = _embedded()
+    url = server.start()
+    click.echo(url)
+
+
+@db.command("stop")
+@_one_line_errors
+def db_stop() -> None:
+    """Stop the embedded server."""
+    click.echo("stopped" if _embedded().stop() else "not running")
+
+
+@db.command("status")
+@_one_line_errors
+def db_status() -> None:
+    """Say whether the embedded server runs; exit 1 when it does not."""
+    st = _embedded().status()
+    if st.running:
+        click.echo(f"running (pid {st.pid}), data in {st.pgdata}")
+    else:
+        click.echo(f"not running, data in {st.pgdata}")
+        sys.exit(1)
+
+
+@db.command("url")
+@click.option("--database", default=DEMO_DB, show_default=True)
+@_one_line_errors
+def db_url(database: str) -> None:
+    """Print the connection URL of a database on the embedded server."""
+    click.echo(_embedded().url(database))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
