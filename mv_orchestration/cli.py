@@ -37,6 +37,14 @@ def _one_line_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except MvoError as exc:
             raise click.ClickException(str(exc)) from None
+        except psycopg.Error as exc:
+            first = str(exc).strip().splitlines()
+            text = first[0] if first else type(exc).__name__
+            if exc.sqlstate is None:  # no server answer: connection-level failure
+                raise click.ClickException(f"cannot connect to the database: {text}") from None
+            raise click.ClickException(
+                f"database error [SQLSTATE {exc.sqlstate}]: {text}"
+            ) from None
         except Exception as exc:
             from dagster import DagsterError
 
@@ -44,11 +52,6 @@ def _one_line_errors(fn: F) -> F:
                 first = str(exc).strip().splitlines()
                 raise click.ClickException(f"Dagster: {first[0] if first else exc}") from None
             raise
-        except psycopg.OperationalError as exc:
-            first = str(exc).strip().splitlines()
-            raise click.ClickException(
-                f"cannot connect to the database: {first[0] if first else exc}"
-            ) from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -29,9 +30,11 @@ class PgServer:
     admin_url: str
 
     def url_for(self, dbname: str) -> str:
-        info = psycopg.conninfo.conninfo_to_dict(self.admin_url)
-        info["dbname"] = dbname
-        return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in info.items()})
+        """The admin URL with another database name (URLs, since Dagster needs URL form)."""
+        parts = urlsplit(self.admin_url)
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise ValueError("MVO_TEST_DATABASE_URL must be a postgresql:// URL")
+        return urlunsplit(parts._replace(path="/" + quote(dbname)))
 
     def create_database(self, name: str, template: str | None = None) -> str:
         with psycopg.connect(self.admin_url, autocommit=True) as conn:

@@ -1,0 +1,153 @@
+"""The ``mvo`` command against a real server and a real Dagster instance (Postgres storage)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import psycopg
+import pytest
+from click.testing import CliRunner
+
+from mv_orchestration.cli import main
+from mv_orchestration_tests.conftest import PgServer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+DDL = """
+CREATE SCHEMA shop;
+CREATE TABLE shop.orders (id serial PRIMARY KEY, region text NOT NULL, amount int NOT NULL);
+INSERT INTO shop.orders (region, amount) VALUES ('eu', 10), ('us', 5);
+CREATE MATERIALIZED VIEW shop.mv_sales AS
+    SELECT region, sum(amount) AS total FROM shop.orders GROUP BY region;
+CREATE UNIQUE INDEX ON shop.mv_sales (region);
+CREATE MATERIALIZED VIEW shop.mv_grand AS SELECT sum(total) AS total FROM shop.mv_sales;
+CREATE SCHEMA other;
+CREATE MATERIALIZED VIEW other.mv_grand AS SELECT 1 AS x;
+"""
+
+
+@pytest.fixture
+def cli_env(
+    pg_server: PgServer,
+    db_url: str,
+    conn: psycopg.Connection[Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[dict[str, str]]:
+    conn.execute(DDL)
+    storage_db = f"dagster_{uuid.uuid4().hex[:8]}"
+    storage_url = pg_server.create_database(storage_db)
+    monkeypatch.chdir(ROOT)
+    env = {
+        "DATABASE_URL": db_url,
+        "DAGSTER_HOME": str(tmp_path / "dagster_home"),
+        "MVO_DAGSTER_STORAGE_URL": storage_url,
+        "MVO_STATE_DIR": str(tmp_path / "state"),
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    try:
+        yield env
+    finally:
+        pg_server.drop_database(storage_db)
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> Any:
+    return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+
+
+def test_help_lists_commands() -> None:
+    result = run("--help")
+    assert result.exit_code == 0
+    for cmd in ("dev", "discover", "refresh", "db"):
+        assert cmd in result.output
+
+
+def test_discover_table_and_json(cli_env: dict[str, str]) -> None:
+    result = run("discover")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines.index(next(ln for ln in lines if "shop.mv_sales" in ln)) < lines.index(
+        next(ln for ln in lines if "shop.mv_grand" in ln)
+    )
+    assert "concurrently" in result.output and "blocking" in result.output
+    data = json.loads(run("discover", "--json", "--schema", "shop").output)
+    assert data["refresh_order"] == ["shop.mv_sales", "shop.mv_grand"]
+    assert {m["name"] for m in data["matviews"]} == {"mv_sales", "mv_grand"}
+
+
+def test_refresh_through_dagster_lands_in_history(
+    cli_env: dict[str, str], conn: psycopg.Connection[Any]
+) -> None:
+    conn.execute("INSERT INTO shop.orders (region, amount) VALUES ('eu', 100)")
+    result = run("refresh", "mv_sales", "--downstream")
+    assert result.exit_code == 0, result.output
+    assert "[1/2] refreshed shop.mv_sales" in result.output
+    assert "[2/2] refreshed shop.mv_grand" in result.output
+    assert "succeeded: 2 view(s) refreshed" in result.output
+    assert conn.execute("SELECT total FROM shop.mv_grand").fetchone() == (115,)
+    with dg.DagsterInstance.get() as instance:
+        runs = instance.get_runs()
+        assert len(runs) == 1 and runs[0].tags["mvo/trigger"] == "cli"
+        assert instance.get_latest_materialization_event(dg.AssetKey(["shop", "mv_grand"]))
+
+
+def test_refresh_group_and_failure_exit_code(
+    cli_env: dict[str, str], conn: psycopg.Connection[Any]
+) -> None:
+    assert run("refresh", "--group", "other").exit_code == 0
+    conn.execute(
+        "CREATE TABLE shop.d (d int); INSERT INTO shop.d VALUES (0);"
+        "CREATE MATERIALIZED VIEW shop.mv_bad AS SELECT 1 / d AS x FROM shop.d WITH NO DATA"
+    )
+    result = run("refresh", "shop.mv_bad")
+    assert result.exit_code == 1
+    assert "SQLSTATE 22012" in result.output and "division by zero" in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("refresh", "nope"), "no materialized view named 'nope' (see 'mvo discover')"),
+        (
+            ("refresh", "mv_grand"),
+            "'mv_grand' is ambiguous: other.mv_grand, shop.mv_grand; use schema.name",
+        ),
+        (("refresh", "--group", "nogroup"), "no views in group 'nogroup' (groups: other, shop)"),
+    ],
+)
+def test_bad_input_is_one_line(
+    cli_env: dict[str, str], args: tuple[str, ...], message: str
+) -> None:
+    result = run(*args)
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1] == f"Error: {message}"
+
+
+def test_refresh_needs_a_selection(cli_env: dict[str, str]) -> None:
+    result = run("refresh")
+    assert result.exit_code == 2 and "name at least one VIEW" in result.output
+
+
+def test_unreachable_database_is_one_line(cli_env: dict[str, str]) -> None:
+    result = run("discover", env={"DATABASE_URL": "postgresql://u@127.0.0.1:1/db"})
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: cannot connect to the database: ")
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_no_database_url_and_no_embedded_server(
+    cli_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DATABASE_URL")
+    result = run("discover")
+    assert result.exit_code == 1
+    assert "DATABASE_URL is not set and the embedded demo server is not running" in result.output
+    status = run("db", "status")
+    assert status.exit_code == 1 and status.output.startswith("not running")
