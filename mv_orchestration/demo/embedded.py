@@ -308,7 +308,7 @@ class TemporaryServer:
         pgdata = self.root / "data"
         _initdb(self._bindir, pgdata, self.password, self._user)
         sockdir = self.root / "sock"
-        sockdir.mkdir()
+        sockdir.mkdir(mode=0o700)  # trust auth on the socket: only its owner may enter
         _chown_tree(sockdir, self._user)
         log = self.root / "postgres.log"
         with log.open("wb") as fh:
@@ -417,6 +417,7 @@ class PersistentServer:
             return url
         sockdir = _socket_dir(self.state_dir / "run")
         sockdir.mkdir(exist_ok=True)
+        os.chmod(sockdir, 0o700)  # trust auth on the socket: only its owner may enter
         _chown_tree(sockdir, user)
         self.log.touch()
         if user is not None:
