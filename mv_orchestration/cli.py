@@ -213,7 +213,18 @@ def dev(host: str, port: int, reload_demo: bool, scale: float, generate: bool) -
         str(port),
     ]
     _echo_err(f"Dagster UI: http://{host}:{port}  (Ctrl-C to stop)")
-    proc = subprocess.Popen(cmd, env={**os.environ, **env})
+    # Run from DAGSTER_HOME so Dagster doesn't warn about the project's dagster.yaml in the
+    # working directory; the workspace path is absolute and the state dir is pinned.
+    env["MVO_STATE_DIR"] = str(_state_dir())
+    proc = subprocess.Popen(cmd, env={**os.environ, **env}, cwd=env["DAGSTER_HOME"])
+
+    def forward(signum: int, frame: object) -> None:
+        # `kill`, a closed terminal or a service manager: shut dagster dev down cleanly too,
+        # so no webserver or daemon is left holding the port.
+        proc.send_signal(signal.SIGINT)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGHUP, forward)
     try:
         code = proc.wait()
     except KeyboardInterrupt:
