@@ -216,12 +216,19 @@ def dev(host: str, port: int, reload_demo: bool, scale: float, generate: bool) -
     # Run from DAGSTER_HOME so Dagster doesn't warn about the project's dagster.yaml in the
     # working directory; the workspace path is absolute and the state dir is pinned.
     env["MVO_STATE_DIR"] = str(_state_dir())
-    proc = subprocess.Popen(cmd, env={**os.environ, **env}, cwd=env["DAGSTER_HOME"])
+    proc = subprocess.Popen(
+        cmd,
+        env={**os.environ, **env},
+        cwd=env["DAGSTER_HOME"],
+        # A shell starts background jobs with SIGINT ignored, and that survives exec; give
+        # dagster dev a working Ctrl-C whatever started us.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
     def forward(signum: int, frame: object) -> None:
         # `kill`, a closed terminal or a service manager: shut dagster dev down cleanly too,
         # so no webserver or daemon is left holding the port.
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGHUP, forward)
