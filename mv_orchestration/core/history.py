@@ -1,0 +1,466 @@
+"""Refresh history kept in the target database itself.
+
+Replaces the hand-built ``metrics_refresh_log`` + ``get_metrics_refresh_stats()`` +
+``cleanup_old_metrics_logs()`` of seed 004 for every materialized view.
+
+What :func:`ensure_history` creates (schema ``mvo`` unless told otherwise), as numbered
+migrations recorded in ``<schema>.schema_migrations``:
+
+* the schema, if missing, and ``<schema>.schema_migrations(version, applied_at)``;
+* **version 1**
+
+  - ``<schema>.refresh_history``: one row per refresh attempt (view, run id, start, finish,
+    duration, method, rows before/after, size, lock wait, ``success``/``failure``, SQLSTATE,
+    error message, attempts), indexed on ``(view_schema, view_name, started_at DESC)`` and on
+    ``started_at`` (for retention);
+  - ``<schema>.last_refresh``: a view with one row per MV — ``data_as_of`` (when its last
+    successful refresh finished), its row count then, and the last attempt's status, SQLSTATE
+    and error. Apps read it to show "data as of …";
+  - ``<schema>.refresh_stats(hours integer DEFAULT 24)`` (like seed 004's
+    ``get_metrics_refresh_stats``) and ``<schema>.refresh_stats_since(since timestamptz)``
+    which it calls: per view over attempts started in the window — total, successes,
+    failures, success rate (percent, 2 decimals), avg/min/max duration of the *successful*
+    refreshes (a lock-timeout failure's duration measures waiting, not refreshing), last
+    successful refresh, last attempt and the latest error message.
+
+Migrations run in one transaction under a transaction-level advisory lock, so concurrent
+callers (several code servers, run workers) neither race nor fail; a call that finds every
+version applied changes nothing and needs no CREATE privilege. Later versions are appended
+to :data:`MIGRATIONS`; applied versions are never edited.
+
+Nothing is created unless a caller calls :func:`ensure_history`: opting out (a database
+where the product must not create objects) is the caller's decision. Granting apps
+``USAGE`` on the schema and ``SELECT`` on ``last_refresh`` is left to the database owner.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import pandas as pd
+import psycopg
+from psycopg import sql
+from psycopg.rows import class_row
+
+from mv_orchestration.core.refresh import RefreshResult
+from mv_orchestration.core.sql import qualname
+from mv_orchestration.errors import RefreshError
+
+DEFAULT_SCHEMA = "mvo"
+
+# (version, SQL). ``{schema}`` is replaced by the quoted schema identifier. Functions use
+# SQL-standard bodies (BEGIN ATOMIC, PostgreSQL 14+): parsed at creation, no string quoting,
+# and their dependency on the table is recorded by the server.
+MIGRATIONS: Sequence[tuple[int, str]] = (
+    (
+        1,
+        """
+CREATE TABLE {schema}.refresh_history (
+    id            bigserial PRIMARY KEY,
+    view_schema   text NOT NULL,
+    view_name     text NOT NULL,
+    run_id        text,
+    started_at    timestamptz NOT NULL,
+    finished_at   timestamptz NOT NULL,
+    duration_ms   double precision NOT NULL,
+    method        text,
+    rows_before   bigint,
+    rows_after    bigint,
+    size_bytes    bigint,
+    lock_wait_ms  double precision,
+    status        text NOT NULL CHECK (status IN ('success', 'failure')),
+    sqlstate      text,
+    error_message text,
+    attempts      integer NOT NULL DEFAULT 1 CHECK (attempts >= 1)
+);
+CREATE INDEX refresh_history_view_started_idx
+    ON {schema}.refresh_history (view_schema, view_name, started_at DESC);
+CREATE INDEX refresh_history_started_idx ON {schema}.refresh_history (started_at);
+COMMENT ON TABLE {schema}.refresh_history IS
+    'One row per materialized view refresh attempt (mv-orchestration).';
+
+CREATE VIEW {schema}.last_refresh AS
+SELECT v.view_schema,
+       v.view_name,
+       s.finished_at AS data_as_of,
+       s.rows_after AS row_count,
+       a.started_at AS last_attempt_at,
+       a.status AS last_status,
+       a.sqlstate AS last_sqlstate,
+       a.error_message AS last_error
+FROM (SELECT DISTINCT view_schema, view_name FROM {schema}.refresh_history) v
+CROSS JOIN LATERAL (
+    SELECT h.started_at, h.status, h.sqlstate, h.error_message
+    FROM {schema}.refresh_history h
+    WHERE h.view_schema = v.view_schema AND h.view_name = v.view_name
+    ORDER BY h.started_at DESC, h.id DESC
+    LIMIT 1
+) a
+LEFT JOIN LATERAL (
+    SELECT h.finished_at, h.rows_after
+    FROM {schema}.refresh_history h
+    WHERE h.view_schema = v.view_schema AND h.view_name = v.view_name
+      AND h.status = 'success'
+    ORDER BY h.started_at DESC, h.id DESC
+    LIMIT 1
+) s ON true;
+COMMENT ON VIEW {schema}.last_refresh IS
+    'Per materialized view: data_as_of = end of its last successful refresh; last attempt.';
+
+CREATE FUNCTION {schema}.refresh_stats_since(since timestamptz)
+RETURNS TABLE (
+    view_schema     text,
+    view_name       text,
+    total           bigint,
+    successes       bigint,
+    failures        bigint,
+    success_rate    numeric,
+    avg_duration_ms double precision,
+    min_duration_ms double precision,
+    max_duration_ms double precision,
+    last_refresh_at timestamptz,
+    last_attempt_at timestamptz,
+    last_error      text
+)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT h.view_schema,
+           h.view_name,
+           count(*),
+           count(*) FILTER (WHERE h.status = 'success'),
+           count(*) FILTER (WHERE h.status = 'failure'),
+           round(100.0 * count(*) FILTER (WHERE h.status = 'success') / count(*), 2),
+           avg(h.duration_ms) FILTER (WHERE h.status = 'success'),
+           min(h.duration_ms) FILTER (WHERE h.status = 'success'),
+           max(h.duration_ms) FILTER (WHERE h.status = 'success'),
+           max(h.finished_at) FILTER (WHERE h.status = 'success'),
+           max(h.started_at),
+           (array_agg(h.error_message ORDER BY h.started_at DESC, h.id DESC)
+               FILTER (WHERE h.status = 'failure'))[1]
+    FROM {schema}.refresh_history h
+    WHERE h.started_at >= since
+    GROUP BY h.view_schema, h.view_name
+    ORDER BY h.view_schema, h.view_name;
+END;
+
+CREATE FUNCTION {schema}.refresh_stats(hours integer DEFAULT 24)
+RETURNS TABLE (
+    view_schema     text,
+    view_name       text,
+    total           bigint,
+    successes       bigint,
+    failures        bigint,
+    success_rate    numeric,
+    avg_duration_ms double precision,
+    min_duration_ms double precision,
+    max_duration_ms double precision,
+    last_refresh_at timestamptz,
+    last_attempt_at timestamptz,
+    last_error      text
+)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT * FROM {schema}.refresh_stats_since(now() - make_interval(hours => hours));
+END;
+""",
+    ),
+)
+
+
+def latest_version() -> int:
+    """The version :func:`ensure_history` migrates to."""
+    return max(version for version, _ in MIGRATIONS)
+
+
+def migration_lock_key(schema: str) -> int:
+    """The advisory-lock key that serialises migrations of one history schema."""
+    digest = hashlib.blake2b(f"mv_orchestration:history:{schema}".encode(), digest_size=8)
+    return int.from_bytes(digest.digest(), "big", signed=True)
+
+
+def ensure_history(conn: psycopg.Connection[Any], schema: str = DEFAULT_SCHEMA) -> int:
+    """Create or upgrade the history objects in ``schema``; return the migration version."""
+    ident = sql.Identifier(schema)
+    with conn.transaction(), conn.cursor() as cur:
+        # Serialises concurrent callers: the second one waits, then finds everything applied.
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", [migration_lock_key(schema)])
+        # Check before creating: CREATE SCHEMA IF NOT EXISTS needs CREATE on the database
+        # even when the schema exists, and a role that only writes history may lack it.
+        if (
+            cur.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", [schema]).fetchone()
+            is None
+        ):
+            cur.execute(sql.SQL("CREATE SCHEMA {}").format(ident))
+        has_table = cur.execute(
+            "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = %s AND c.relname = 'schema_migrations'",
+            [schema],
+        ).fetchone()
+        if has_table is None:
+            cur.execute(
+                sql.SQL(
+                    "CREATE TABLE {}.schema_migrations ("
+                    " version integer PRIMARY KEY,"
+                    " applied_at timestamptz NOT NULL DEFAULT now())"
+                ).format(ident)
+            )
+        applied = {
+            int(row[0])
+            for row in cur.execute(
+                sql.SQL("SELECT version FROM {}.schema_migrations").format(ident)
+            ).fetchall()
+        }
+        for version, text in sorted(MIGRATIONS):
+            if version in applied:
+                continue
+            cur.execute(sql.SQL(text).format(schema=ident))
+            cur.execute(
+                sql.SQL("INSERT INTO {}.schema_migrations (version) VALUES (%s)").format(ident),
+                [version],
+            )
+            applied.add(version)
+        return max(applied)
+
+
+_INSERT = """
+INSERT INTO {table} (
+    view_schema, view_name, run_id, started_at, finished_at, duration_ms, method,
+    rows_before, rows_after, size_bytes, lock_wait_ms, status, sqlstate, error_message, attempts
+) VALUES (
+    %(view_schema)s, %(view_name)s, %(run_id)s, %(started_at)s, %(finished_at)s,
+    %(duration_ms)s, %(method)s, %(rows_before)s, %(rows_after)s, %(size_bytes)s,
+    %(lock_wait_ms)s, %(status)s, %(sqlstate)s, %(error_message)s, %(attempts)s
+)
+"""
+
+
+def _insert(conn: psycopg.Connection[Any], schema: str, row: dict[str, Any]) -> None:
+    stmt = sql.SQL(_INSERT).format(table=sql.Identifier(schema, "refresh_history"))
+    with conn.transaction():
+        conn.execute(stmt, row)
+
+
+def record_success(
+    conn: psycopg.Connection[Any], schema: str, result: RefreshResult, *, run_id: str | None
+) -> None:
+    """Append one ``success`` row for ``result``."""
+    _insert(
+        conn,
+        schema,
+        {
+            "view_schema": result.schema,
+            "view_name": result.name,
+            "run_id": run_id,
+            "started_at": result.started_at,
+            "finished_at": result.finished_at,
+            "duration_ms": result.duration_s * 1000.0,
+            "method": result.method,
+            "rows_before": result.rows_before,
+            "rows_after": result.rows_after,
+            "size_bytes": result.size_bytes,
+            "lock_wait_ms": None if result.lock_wait_s is None else result.lock_wait_s * 1000.0,
+            "status": "success",
+            "sqlstate": None,
+            "error_message": None,
+            "attempts": result.attempts,
+        },
+    )
+
+
+def record_failure(
+    conn: psycopg.Connection[Any],
+    schema: str,
+    *,
+    view_schema: str,
+    view_name: str,
+    error: RefreshError | Exception,
+    started_at: datetime,
+    finished_at: datetime,
+    run_id: str | None,
+    attempts: int = 1,
+) -> None:
+    """Append one ``failure`` row.
+
+    A :class:`RefreshError` gives SQLSTATE, the server's message, the method and the
+    duration of the failed attempt; any other exception gives its SQLSTATE if it is a
+    psycopg error, and its text. Without a measured duration, ``finished_at - started_at``.
+    """
+    method: str | None = None
+    duration_s: float | None = None
+    if isinstance(error, RefreshError):
+        sqlstate, message = error.sqlstate, error.message
+        method, duration_s = error.method, error.duration_s
+    elif isinstance(error, psycopg.Error):
+        sqlstate = error.sqlstate
+        primary = error.diag.message_primary if error.diag else None
+        message = primary or str(error).strip() or type(error).__name__
+    else:
+        sqlstate = None
+        text = str(error).strip()
+        message = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    if duration_s is None:
+        duration_s = max(0.0, (finished_at - started_at).total_seconds())
+    _insert(
+        conn,
+        schema,
+        {
+            "view_schema": view_schema,
+            "view_name": view_name,
+            "run_id": run_id,
+            "started_at": started_at,
+            "finished_at": finished_at,
+            "duration_ms": duration_s * 1000.0,
+            "method": method,
+            "rows_before": None,
+            "rows_after": None,
+            "size_bytes": None,
+            "lock_wait_ms": None,
+            "status": "failure",
+            "sqlstate": sqlstate,
+            "error_message": message,
+            "attempts": attempts,
+        },
+    )
+
+
+def purge_history(
+    conn: psycopg.Connection[Any], schema: str, *, older_than: timedelta = timedelta(days=30)
+) -> int:
+    """Delete attempts that started before ``now() - older_than``; return how many."""
+    stmt = sql.SQL("DELETE FROM {} WHERE started_at < now() - %s::interval").format(
+        sql.Identifier(schema, "refresh_history")
+    )
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute(stmt, [older_than])
+        return cur.rowcount
+
+
+@dataclass(frozen=True)
+class ViewStats:
+    """One row of ``<schema>.refresh_stats``: a view's refreshes within a window."""
+
+    view_schema: str
+    view_name: str
+    total: int
+    successes: int
+    failures: int
+    success_rate: float | None  # percent, None without attempts
+    avg_duration_ms: float | None  # of successful refreshes
+    min_duration_ms: float | None
+    max_duration_ms: float | None
+    last_refresh_at: datetime | None  # end of the last successful refresh in the window
+    last_attempt_at: datetime | None  # start of the last attempt in the window
+    last_error: str | None  # latest failure's message in the window
+
+    @property
+    def qualname(self) -> str:
+        return qualname(self.view_schema, self.view_name)
+
+
+def _view_filter(views: Sequence[tuple[str, str]] | None) -> dict[str, Any]:
+    wanted = list(dict.fromkeys(views or ()))
+    return {
+        "all": views is None,
+        "schemas": [s for s, _ in wanted],
+        "names": [n for _, n in wanted],
+    }
+
+
+_STATS_ALL = """
+SELECT view_schema, view_name, total, successes, failures,
+       success_rate::double precision AS success_rate, avg_duration_ms, min_duration_ms,
+       max_duration_ms, last_refresh_at, last_attempt_at, last_error
+FROM {fn}(now() - %(window)s::interval)
+"""
+
+# Requested views come back in the order asked, with zero counts when they had no attempts.
+_STATS_SELECTED = """
+SELECT v.view_schema, v.view_name,
+       coalesce(s.total, 0) AS total, coalesce(s.successes, 0) AS successes,
+       coalesce(s.failures, 0) AS failures,
+       s.success_rate::double precision AS success_rate, s.avg_duration_ms, s.min_duration_ms,
+       s.max_duration_ms, s.last_refresh_at, s.last_attempt_at, s.last_error
+FROM unnest(%(schemas)s::text[], %(names)s::text[]) WITH ORDINALITY AS v(view_schema, view_name, ord)
+LEFT JOIN {fn}(now() - %(window)s::interval) s
+       ON s.view_schema = v.view_schema AND s.view_name = v.view_name
+ORDER BY v.ord
+"""
+
+
+def read_stats(
+    conn: psycopg.Connection[Any],
+    schema: str,
+    *,
+    hours: float = 24,
+    views: Sequence[tuple[str, str]] | None = None,
+) -> list[ViewStats]:
+    """Per-view refresh statistics over the last ``hours`` (fractions allowed).
+
+    Without ``views``: every view with an attempt in the window, sorted by name. With
+    ``views`` (``(schema, name)`` pairs): exactly those, in that order, zero counts for a view
+    with no attempt in the window.
+    """
+    params = {"window": timedelta(hours=hours), **_view_filter(views)}
+    text = _STATS_ALL if views is None else _STATS_SELECTED
+    stmt = sql.SQL(text).format(fn=sql.Identifier(schema, "refresh_stats_since"))
+    with conn.cursor(row_factory=class_row(ViewStats)) as cur:
+        return cur.execute(stmt, params).fetchall()
+
+
+HISTORY_COLUMNS = (
+    "id",
+    "view_schema",
+    "view_name",
+    "run_id",
+    "started_at",
+    "finished_at",
+    "duration_ms",
+    "method",
+    "rows_before",
+    "rows_after",
+    "size_bytes",
+    "lock_wait_ms",
+    "status",
+    "sqlstate",
+    "error_message",
+    "attempts",
+)
+
+_HISTORY = """
+SELECT {columns} FROM {table}
+WHERE started_at >= now() - %(window)s::interval
+  AND (%(all)s OR (view_schema, view_name) IN (
+        SELECT * FROM unnest(%(schemas)s::text[], %(names)s::text[])))
+ORDER BY started_at, id
+"""
+
+
+def read_history(
+    conn: psycopg.Connection[Any],
+    schema: str,
+    *,
+    since: timedelta,
+    views: Sequence[tuple[str, str]] | None = None,
+) -> pd.DataFrame:
+    """Attempts started within ``since`` of now, oldest first, one row each.
+
+    Columns are :data:`HISTORY_COLUMNS`; timestamps are UTC, counts are nullable ``Int64``.
+    """
+    stmt = sql.SQL(_HISTORY).format(
+        columns=sql.SQL(", ").join(sql.Identifier(c) for c in HISTORY_COLUMNS),
+        table=sql.Identifier(schema, "refresh_history"),
+    )
+    with conn.cursor() as cur:
+        rows = cur.execute(stmt, {"window": since, **_view_filter(views)}).fetchall()
+    frame = pd.DataFrame(rows, columns=list(HISTORY_COLUMNS))
+    for col in ("started_at", "finished_at"):
+        frame[col] = pd.to_datetime(frame[col], utc=True)
+    for col in ("id", "rows_before", "rows_after", "size_bytes", "attempts"):
+        frame[col] = frame[col].astype("Int64")
+    for col in ("duration_ms", "lock_wait_ms"):
+        frame[col] = frame[col].astype("float64")
+    return frame
