@@ -19,7 +19,10 @@ def build_from_settings(settings: Settings) -> dg.Definitions:
         settings.database_url,
         alias=settings.alias,
         schemas=settings.schemas,
-        exclude_schemas=settings.exclude_schemas,
+        exclude_schemas=(
+            *settings.exclude_schemas,
+            *([settings.history_schema] if settings.history_schema else []),
+        ),
         cache_dir=settings.state_dir / "catalog",
     )
     resource = PostgresResource(

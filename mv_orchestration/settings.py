@@ -27,6 +27,25 @@ def _float(name: str, default: float) -> float:
     return value
 
 
+def _flag(name: str, *, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "on", "true", "yes"):
+        return True
+    if raw in ("0", "off", "false", "no"):
+        return False
+    raise ConfigError(f"{name}={raw!r}: expected on or off")
+
+
+def _history_schema() -> str | None:
+    """``MVO_HISTORY_SCHEMA``: where refresh history lives; ``off`` disables it."""
+    raw = os.environ.get("MVO_HISTORY_SCHEMA", "").strip()
+    if raw.lower() in ("off", "none", "false", "0"):
+        return None
+    return raw or "mvo"
+
+
 @dataclass(frozen=True)
 class Settings:
     """What the code location needs; see the README's Configuration table."""
@@ -38,6 +57,9 @@ class Settings:
     state_dir: Path
     lock_timeout_s: float
     statement_timeout_s: float
+    history_schema: str | None
+    history_retention_days: float
+    automation_running: bool
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -55,4 +77,7 @@ class Settings:
             state_dir=Path(os.environ.get("MVO_STATE_DIR", ".mvo")).resolve(),
             lock_timeout_s=_float("MVO_LOCK_TIMEOUT_S", 10.0),
             statement_timeout_s=_float("MVO_STATEMENT_TIMEOUT_S", 1800.0),
+            history_schema=_history_schema(),
+            history_retention_days=_float("MVO_HISTORY_RETENTION_DAYS", 30.0),
+            automation_running=_flag("MVO_AUTOMATION", default=True),
         )

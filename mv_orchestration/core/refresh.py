@@ -65,6 +65,10 @@ class RefreshResult:
     size_bytes: int
     server_version: str
     attempts: int = 1
+    # Exact for CONCURRENTLY (the diff it applied, from this transaction's own counters);
+    # None for plain refreshes, which rewrite the whole relation.
+    rows_inserted: int | None = None
+    rows_deleted: int | None = None
 
     @property
     def qualname(self) -> str:
@@ -86,6 +90,10 @@ SELECT c.oid, c.relispopulated AS populated,
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = %s AND c.relname = %s AND c.relkind = 'm'
 """
+
+_XACT_SQL = (
+    "SELECT pg_stat_get_xact_tuples_inserted(%s::oid), pg_stat_get_xact_tuples_deleted(%s::oid)"
+)
 
 _HOLDERS_SQL = """
 SELECT DISTINCT a.pid, a.usename, a.application_name, a.state,
@@ -193,7 +201,16 @@ def _refresh_once(
             rows_before: int | None = None
             if opts.count_rows and populated:
                 rows_before = _count(cur, schema, name)
+            # The session's pending (unflushed) counters also hold earlier transactions'
+            # writes, so the refresh's own inserts/deletes are a before/after delta.
+            before = cur.execute(_XACT_SQL, [oid, oid]).fetchone()
             cur.execute(_statement(schema, name, method))
+            after = cur.execute(_XACT_SQL, [oid, oid]).fetchone()
+            rows_inserted: int | None = None
+            rows_deleted: int | None = None
+            if method == "concurrently" and before is not None and after is not None:
+                rows_inserted = int(after[0]) - int(before[0])
+                rows_deleted = int(after[1]) - int(before[1])
             rows_after = _count(cur, schema, name) if opts.count_rows else None
             size_row = cur.execute("SELECT pg_total_relation_size(%s::oid)", [oid]).fetchone()
             size = int(size_row[0]) if size_row else 0
@@ -234,6 +251,8 @@ def _refresh_once(
         size_bytes=size,
         server_version=conn.info.parameter_status("server_version") or "",
         attempts=attempt,
+        rows_inserted=rows_inserted,
+        rows_deleted=rows_deleted,
     )
 
 

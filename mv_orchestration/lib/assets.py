@@ -6,7 +6,9 @@ refresh fails, the MVs downstream of it in the same run are skipped (not refresh
 inputs), the others still refresh, and the step fails naming every failure.
 """
 
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
@@ -15,15 +17,27 @@ import psycopg
 from dagster import AssetExecutionContext
 from psycopg import sql
 
+from mv_orchestration.core import history
 from mv_orchestration.core.catalog import CatalogSnapshot, RelationRef
 from mv_orchestration.core.graph import LineageGraph
 from mv_orchestration.core.refresh import RefreshResult, refresh_view
 from mv_orchestration.core.sql import relation
 from mv_orchestration.errors import MvoError, RefreshError
+from mv_orchestration.lib.checks import (
+    CheckThresholds,
+    blocking_failures,
+    check_specs,
+    duration_check,
+    method_check,
+    row_count_check,
+    success_rate_check,
+    suggest_unique_index,
+)
 from mv_orchestration.lib.resource import PostgresResource
 from mv_orchestration.lib.translator import MvTranslator, safe_name
 
 PREVIEW_ROWS = 5
+_IDENTIFIER = re.compile(r"[A-Za-z0-9_]+")
 
 
 def refresh_metadata(result: RefreshResult) -> dict[str, Any]:
@@ -41,6 +55,10 @@ def refresh_metadata(result: RefreshResult) -> dict[str, Any]:
         meta["dagster/row_count"] = dg.MetadataValue.int(result.rows_after)
     if result.rows_before is not None:
         meta["rows_before"] = dg.MetadataValue.int(result.rows_before)
+    if result.rows_inserted is not None:
+        meta["rows_inserted"] = dg.MetadataValue.int(result.rows_inserted)
+    if result.rows_deleted is not None:
+        meta["rows_deleted"] = dg.MetadataValue.int(result.rows_deleted)
     if result.lock_wait_s is not None:
         meta["lock_wait_s"] = dg.MetadataValue.float(round(result.lock_wait_s, 6))
     return meta
@@ -96,8 +114,14 @@ def build_refresh_assets(
     name: str = "refresh_materialized_views",
     pool: str | None = None,
     preview_rows: int = PREVIEW_ROWS,
+    history_schema: str | None = history.DEFAULT_SCHEMA,
+    thresholds: Mapping[RelationRef, CheckThresholds] | None = None,
 ) -> list[dg.AssetsDefinition | dg.AssetSpec]:
-    """Asset definitions for one database: MVs (materializable) and their sources."""
+    """Asset definitions for one database: MVs (materializable) and their sources.
+
+    ``history_schema=None`` turns off the refresh history (and the success-rate check).
+    ``thresholds`` sets each MV's check thresholds (defaults: :class:`CheckThresholds`).
+    """
     sources: list[dg.AssetsDefinition | dg.AssetSpec] = [
         translator.get_source_spec(rel) for rel in snapshot.relations
     ]
@@ -105,8 +129,18 @@ def build_refresh_assets(
         return sources
 
     graph = LineageGraph(snapshot)
+    mvs = {mv.ref: mv for mv in snapshot.matviews}
     specs = {mv.ref: translator.get_mv_spec(mv, snapshot) for mv in snapshot.matviews}
     ref_by_key = {spec.key: ref for ref, spec in specs.items()}
+    limits = {ref: (thresholds or {}).get(ref, CheckThresholds()) for ref in specs}
+    # Dagster names a check's output after the asset key, with no override, so an MV whose
+    # name holds spaces or quotes cannot carry checks (it still refreshes and records history).
+    checks = {
+        ref: check_specs(spec.key, limits[ref], with_history=history_schema is not None)
+        if _IDENTIFIER.fullmatch(spec.key.to_python_identifier())
+        else []
+        for ref, spec in specs.items()
+    }
     # Output names must match ^[A-Za-z0-9_]+$ while keys may hold any identifier, so outputs
     # are named here; lineage goes through deps/internal_asset_deps (AssetOut has no deps).
     names = {
@@ -121,11 +155,33 @@ def build_refresh_assets(
         key=lambda k: tuple(k.path),
     )
 
+    def run_checks(
+        conn: psycopg.Connection[Any], ref: RelationRef, result: RefreshResult
+    ) -> list[dg.AssetCheckResult]:
+        key, t = specs[ref].key, limits[ref]
+        if not checks[ref]:
+            return []
+        out = [row_count_check(key, result, t), duration_check(key, result, t)]
+        suggestion = suggest_unique_index(conn, mvs[ref]) if result.method == "blocking" else None
+        out.append(method_check(key, mvs[ref], result, suggestion))
+        if history_schema is not None:
+            (stats,) = history.read_stats(
+                conn, history_schema, hours=t.success_window_h, views=[(ref.schema, ref.name)]
+            )
+            out.append(success_rate_check(key, successes=stats.successes, total=stats.total, t=t))
+        return out
+
     @dg.multi_asset(
         name=safe_name(name),
         outs=outs,
-        deps=external_deps,
+        # Nothing-typed inputs with our own names: deps= would derive input names from keys,
+        # which fails for names with spaces or quotes.
+        ins={
+            f"source_{i}": dg.AssetIn(key=key, dagster_type=dg.Nothing)
+            for i, key in enumerate(external_deps)
+        },
         internal_asset_deps=internal_deps,
+        check_specs=[c for specs_ in checks.values() for c in specs_],
         can_subset=True,
         required_resource_keys={resource_key},
         pool=pool,
@@ -137,20 +193,27 @@ def build_refresh_assets(
         db: PostgresResource = getattr(context.resources, resource_key)
         selected = [ref_by_key[k] for k in context.selected_asset_keys]
         order = graph.refresh_order(selected)
-        failed: dict[RelationRef, RefreshError | MvoError] = {}
+        failed: dict[RelationRef, MvoError] = {}
+        blocked: dict[RelationRef, list[str]] = {}
         skipped: list[RelationRef] = []
         total = len(order)
         with db.connection() as conn:
+            if history_schema is not None:
+                history.ensure_history(conn, history_schema)
             for i, ref in enumerate(order, start=1):
-                bad_upstream = graph.upstream_matviews([ref]) & (set(failed) | set(skipped))
+                bad_upstream = graph.upstream_matviews([ref]) & (
+                    set(failed) | set(blocked) | set(skipped)
+                )
                 if bad_upstream:
                     skipped.append(ref)
                     context.log.warning(
                         f"[{i}/{total}] skipped {ref.qualname}: upstream "
                         f"{', '.join(sorted(r.qualname for r in bad_upstream))} did not refresh"
+                        " cleanly"
                     )
                     continue
                 context.log.info(f"[{i}/{total}] refreshing {ref.qualname} ...")
+                started = datetime.now(UTC)
                 try:
                     result = refresh_view(
                         conn,
@@ -162,7 +225,24 @@ def build_refresh_assets(
                 except MvoError as exc:
                     failed[ref] = exc
                     context.log.error(f"[{i}/{total}] {exc}")
+                    if history_schema is not None:
+                        history.record_failure(
+                            conn,
+                            history_schema,
+                            view_schema=ref.schema,
+                            view_name=ref.name,
+                            error=exc,
+                            started_at=started,
+                            finished_at=datetime.now(UTC),
+                            run_id=context.run.run_id,
+                        )
                     continue
+                if history_schema is not None:
+                    history.record_success(conn, history_schema, result, run_id=context.run.run_id)
+                check_results = run_checks(conn, ref, result)
+                stops = blocking_failures(check_results, checks[ref])
+                if stops:
+                    blocked[ref] = stops
                 meta = refresh_metadata(result)
                 if preview_rows > 0:
                     meta["preview"] = dg.MetadataValue.md(preview_markdown(conn, ref, preview_rows))
@@ -170,8 +250,11 @@ def build_refresh_assets(
                 context.log.info(
                     f"[{i}/{total}] refreshed {ref.qualname} in {result.duration_s:.3f}s "
                     f"({result.method}{rows})"
+                    + (f"; blocking check failed: {', '.join(stops)}" if stops else "")
                 )
-                yield dg.MaterializeResult(asset_key=specs[ref].key, metadata=meta)
+                yield dg.MaterializeResult(
+                    asset_key=specs[ref].key, metadata=meta, check_results=check_results
+                )
         if failed:
             first = next(iter(failed.values()))
             raise dg.Failure(

@@ -185,7 +185,7 @@ def duration_check(
         ),
         metadata={
             "duration_s": dg.MetadataValue.float(round(result.duration_s, 6)),
-            "threshold_s": dg.MetadataValue.float(t.duration_warn_s),
+            "threshold_s": dg.MetadataValue.float(float(t.duration_warn_s)),
         },
     )
 
@@ -199,7 +199,7 @@ def success_rate_check(
         "success_rate_pct": dg.MetadataValue.float(round(rate, 3)),
         "attempts": dg.MetadataValue.int(total),
         "failures": dg.MetadataValue.int(total - successes),
-        "window_h": dg.MetadataValue.float(t.success_window_h),
+        "window_h": dg.MetadataValue.float(float(t.success_window_h)),
     }
     if rate < t.success_rate_error:
         severity, passed = dg.AssetCheckSeverity.ERROR, False

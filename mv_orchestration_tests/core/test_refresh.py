@@ -55,6 +55,11 @@ def test_concurrent_refresh_measures_rows_and_size(sales: psycopg.Connection[Any
     result = refresh_view(sales, "public", "mv_by_region")
     assert result.method == "concurrently" and not result.blocks_readers
     assert (result.rows_before, result.rows_after) == (2, 3)
+    assert (result.rows_inserted, result.rows_deleted) == (1, 0)
+    sales.execute("UPDATE sales SET amount = amount + 1 WHERE region = 'eu'")
+    changed = refresh_view(sales, "public", "mv_by_region")
+    # the eu row's total changed: the diff deletes the old row and inserts the new one
+    assert (changed.rows_inserted, changed.rows_deleted) == (1, 1)
     assert result.size_bytes > 0
     assert result.duration_s > 0
     assert result.server_version.split(".")[0].isdigit()
@@ -65,6 +70,7 @@ def test_plain_refresh_without_unique_index(sales: psycopg.Connection[Any]) -> N
     result = refresh_view(sales, "public", "mv_no_index")
     assert result.method == "blocking" and result.blocks_readers
     assert result.rows_after == 3
+    assert result.rows_inserted is None and result.rows_deleted is None
 
 
 def test_unpopulated_gets_initial_refresh_then_concurrent(sales: psycopg.Connection[Any]) -> None:

@@ -17,7 +17,7 @@ from mv_orchestration.lib.resource import PostgresResource
 from mv_orchestration.lib.snapshot import load_snapshot
 from mv_orchestration.lib.translator import definition_hash
 
-DDL = """
+DDL = '''
 CREATE SCHEMA shop;
 CREATE TABLE shop.orders (id serial PRIMARY KEY, region text NOT NULL, amount int NOT NULL);
 INSERT INTO shop.orders (region, amount) VALUES ('eu', 10), ('us', 5);
@@ -27,11 +27,13 @@ CREATE MATERIALIZED VIEW shop.mv_sales AS
 CREATE UNIQUE INDEX ON shop.mv_sales (region);
 COMMENT ON MATERIALIZED VIEW shop.mv_sales IS 'Sales per region';
 CREATE MATERIALIZED VIEW shop.mv_grand AS SELECT sum(total) AS total FROM shop.mv_sales;
+CREATE TABLE shop."Customer List" ("Id" int PRIMARY KEY);
+CREATE MATERIALIZED VIEW shop."Customers ""Total""" AS SELECT count(*) AS n FROM shop."Customer List";
 CREATE TABLE shop.divisors (d int);
 INSERT INTO shop.divisors VALUES (1);
 CREATE MATERIALIZED VIEW shop.mv_ratio AS SELECT 100 / d AS r FROM shop.divisors;
 CREATE MATERIALIZED VIEW shop.mv_ratio_sum AS SELECT sum(r) AS s FROM shop.mv_ratio;
-"""
+'''
 
 
 @pytest.fixture
@@ -61,12 +63,15 @@ K = dg.AssetKey
 def test_asset_graph_matches_catalog(db_url: str, shop: psycopg.Connection[Any]) -> None:
     defs = make_defs(db_url, shop)
     graph = defs.resolve_asset_graph()
-    mvs = {K(["shop", n]) for n in ("mv_sales", "mv_grand", "mv_ratio", "mv_ratio_sum")}
+    names = ("mv_sales", "mv_grand", "mv_ratio", "mv_ratio_sum", 'Customers "Total"')
+    mvs = {K(["shop", n]) for n in names}
     assert graph.materializable_asset_keys == mvs
     assert graph.get(K(["shop", "mv_sales"])).parent_keys == {K(["shop", "v_orders"])}
     assert graph.get(K(["shop", "v_orders"])).parent_keys == {K(["shop", "orders"])}
     assert graph.get(K(["shop", "mv_grand"])).parent_keys == {K(["shop", "mv_sales"])}
     assert not graph.get(K(["shop", "orders"])).is_materializable
+    odd = graph.get(K(["shop", 'Customers "Total"']))
+    assert odd.parent_keys == {K(["shop", "Customer List"])}
     spec = graph.get(K(["shop", "mv_sales"]))
     assert spec.kinds == {"postgres", "view"}
     assert spec.group_name == "shop"
@@ -125,7 +130,11 @@ def test_failure_skips_downstream_and_reports_sqlstate(
     result = job.execute_in_process(instance=instance, raise_on_error=False)
     assert not result.success
     done = {m.asset_key for m in _materializations(result)}
-    assert done == {K(["shop", "mv_sales"]), K(["shop", "mv_grand"])}
+    assert done == {
+        K(["shop", "mv_sales"]),
+        K(["shop", "mv_grand"]),
+        K(["shop", 'Customers "Total"']),
+    }
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     info = failure.step_failure_data
     assert info.user_failure_data is not None

@@ -1,0 +1,253 @@
+"""Cheap change fingerprints of source tables, from the server's statistics.
+
+One catalog query per call gives, per table, a :class:`Fingerprint` whose :attr:`token`
+changes when the table's data may have changed. The cost does not grow with table size: the
+query reads ``pg_class``/``pg_namespace``/``pg_database`` and the cumulative statistics
+functions behind ``pg_stat_all_tables``, never the tables themselves.
+
+What moves a token:
+
+* ``n_tup_ins + n_tup_upd + n_tup_del`` (``n_tup_hot_upd`` and ``n_tup_newpage_upd`` are
+  subsets of ``n_tup_upd``, so they add nothing). ``COPY`` counts as inserts;
+* the table's ``oid`` and ``relfilenode``: ``TRUNCATE``, ``VACUUM FULL``, ``CLUSTER`` and table
+  rewrites assign a new file without touching the counters; a dropped and re-created table
+  has a new oid;
+* for a partitioned table, the sum over its leaf partitions and the list of their
+  oids/files, so writing to, truncating, attaching or detaching a partition shows on the
+  root (a partitioned parent has no counters of its own);
+* ``pg_postmaster_start_time()`` and the database's ``stats_reset`` time: a server restart
+  (a crash discards the counters) or a statistics reset (``pg_stat_reset()`` and also
+  ``pg_stat_reset_single_table_counters()``, which stamps the database's reset time) counts
+  as a change of every table, since counters could otherwise come back to an old value.
+
+Limits, by design of the statistics system:
+
+* Counters reach other sessions late: a busy writer flushes them at most once a second, an
+  idle one within about 10 s, so a change may show one tick later. Tests call
+  ``SELECT pg_stat_force_next_flush()`` in the writing session.
+* Counters also count rows written by transactions that rolled back (a harmless extra
+  refresh), and they live on the primary only: read fingerprints where you refresh.
+* Foreign tables and views have no counters and are never fingerprinted; MVs reading foreign
+  tables must be refreshed on a schedule.
+* With ``stats_fetch_consistency = cache`` (the default) statistics are frozen for the rest of
+  a transaction after the first read: call this on an autocommit connection outside a
+  transaction block to see fresh values on every call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from mv_orchestration.core.catalog import CatalogSnapshot, RelationRef
+from mv_orchestration.errors import CatalogError, MvoError
+
+CURSOR_VERSION = 1
+_TOKEN_VERSION = "mvo-fp-1"
+
+
+class ChangeDetectionError(MvoError):
+    """Change fingerprints cannot be read or a stored cursor cannot be understood."""
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What the server's statistics say about one table (summed over its partitions)."""
+
+    ref: RelationRef
+    oid: int
+    inserted: int
+    updated: int
+    deleted: int
+    # "oid:relfilenode" of every member with storage (the table, or each leaf partition)
+    storage: tuple[str, ...]
+    server_started: datetime
+    stats_reset: datetime | None
+
+    @property
+    def modifications(self) -> int:
+        return self.inserted + self.updated + self.deleted
+
+    @property
+    def token(self) -> str:
+        """A stable digest of every part; usable as a Dagster ``DataVersion``."""
+        parts = [
+            _TOKEN_VERSION,
+            self.oid,
+            self.inserted,
+            self.updated,
+            self.deleted,
+            list(self.storage),
+            self.server_started.isoformat(),
+            self.stats_reset.isoformat() if self.stats_reset else None,
+        ]
+        text = json.dumps(parts, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+# Every parameter is an array, so the plan is the same for any list of tables. Partitioned
+# roots are expanded with pg_partition_tree(); only members with storage (plain tables and
+# MVs, not foreign partitions) contribute counters and files.
+FINGERPRINT_SQL = """
+WITH wanted AS (
+    SELECT w.schema_name, w.rel_name, c.oid, c.relkind
+    FROM unnest(%(schemas)s::text[], %(names)s::text[]) AS w(schema_name, rel_name)
+    JOIN pg_namespace n ON n.nspname = w.schema_name
+    JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = w.rel_name
+    WHERE c.relkind IN ('r', 'p', 'm')
+), members AS (
+    SELECT w.oid AS root, w.oid AS member FROM wanted w WHERE w.relkind <> 'p'
+    UNION ALL
+    SELECT w.oid, t.relid
+    FROM wanted w CROSS JOIN LATERAL pg_partition_tree(w.oid) AS t
+    WHERE w.relkind = 'p' AND t.isleaf
+)
+SELECT w.schema_name, w.rel_name, w.oid::bigint AS oid,
+       coalesce(sum(pg_stat_get_tuples_inserted(m.oid)), 0)::bigint AS inserted,
+       coalesce(sum(pg_stat_get_tuples_updated(m.oid)), 0)::bigint AS updated,
+       coalesce(sum(pg_stat_get_tuples_deleted(m.oid)), 0)::bigint AS deleted,
+       coalesce(array_agg(m.oid::bigint || ':' || m.relfilenode::bigint ORDER BY m.oid)
+                FILTER (WHERE m.oid IS NOT NULL), '{}') AS storage,
+       pg_postmaster_start_time() AS server_started,
+       (SELECT pg_stat_get_db_stat_reset_time(d.oid)
+          FROM pg_database d WHERE d.datname = current_database()) AS stats_reset,
+       current_setting('track_counts')::bool AS track_counts
+FROM wanted w
+LEFT JOIN members mb ON mb.root = w.oid
+LEFT JOIN pg_class m ON m.oid = mb.member AND m.relkind IN ('r', 'm')
+GROUP BY w.schema_name, w.rel_name, w.oid
+"""
+
+
+def fingerprint_params(tables: Iterable[RelationRef]) -> dict[str, list[str]]:
+    """The parameters of :data:`FINGERPRINT_SQL` for ``tables``."""
+    refs = sorted(set(tables))
+    return {"schemas": [r.schema for r in refs], "names": [r.name for r in refs]}
+
+
+def fingerprints(
+    conn: psycopg.Connection[Any], tables: Sequence[RelationRef]
+) -> dict[RelationRef, Fingerprint]:
+    """Fingerprint ``tables`` with one catalog query.
+
+    Tables, partitioned tables and MVs are fingerprinted; foreign tables, views and relations
+    that do not exist (dropped) are absent from the result. The caller owns the connection.
+    """
+    if not tables:
+        return {}
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(FINGERPRINT_SQL, fingerprint_params(tables))
+        rows = cur.fetchall()
+    if rows and not rows[0]["track_counts"]:
+        raise ChangeDetectionError(
+            "track_counts is off on this server: table statistics are not collected, so "
+            "changes cannot be detected (set track_counts = on)"
+        )
+    result: dict[RelationRef, Fingerprint] = {}
+    for row in rows:
+        ref = RelationRef(row["schema_name"], row["rel_name"])
+        result[ref] = Fingerprint(
+            ref=ref,
+            oid=int(row["oid"]),
+            inserted=int(row["inserted"]),
+            updated=int(row["updated"]),
+            deleted=int(row["deleted"]),
+            storage=tuple(row["storage"]),
+            server_started=row["server_started"],
+            stats_reset=row["stats_reset"],
+        )
+    return result
+
+
+def changed(
+    previous: Mapping[RelationRef, str],
+    current: Mapping[RelationRef, Fingerprint],
+    *,
+    treat_first_as_change: bool = False,
+) -> set[RelationRef]:
+    """Tables whose token differs from ``previous``, or that ``previous`` did not know.
+
+    An empty ``previous`` is a first observation: it records a baseline and reports nothing,
+    unless ``treat_first_as_change`` (then every current table counts as changed). Tables
+    missing from ``current`` (dropped, or not fingerprintable) are never reported.
+    """
+    if not previous:
+        return set(current) if treat_first_as_change else set()
+    return {ref for ref, fp in current.items() if previous.get(ref) != fp.token}
+
+
+def tokens_to_json(fingerprints: Mapping[RelationRef, Fingerprint | str]) -> str:
+    """Compact JSON of table → token (a sensor cursor):
+    ``{"v": 1, "tables": {"<schema>": {"<name>": "<token>"}}}``."""
+    tables: dict[str, dict[str, str]] = {}
+    for ref in sorted(fingerprints):
+        fp = fingerprints[ref]
+        tables.setdefault(ref.schema, {})[ref.name] = fp if isinstance(fp, str) else fp.token
+    return json.dumps({"v": CURSOR_VERSION, "tables": tables}, separators=(",", ":"))
+
+
+def tokens_from_json(text: str | None) -> dict[RelationRef, str]:
+    """Inverse of :func:`tokens_to_json`; ``None`` or ``""`` is an empty mapping."""
+    if not text:
+        return {}
+    try:
+        data = json.loads(text)
+        if data.get("v") != CURSOR_VERSION:
+            raise ValueError(f"version {data.get('v')!r} is not {CURSOR_VERSION}")
+        return {
+            RelationRef(schema, name): str(token)
+            for schema, names in data["tables"].items()
+            for name, token in names.items()
+        }
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise ChangeDetectionError(
+            f"unreadable change cursor ({exc}); reset the sensor's cursor"
+        ) from exc
+
+
+def change_sources(
+    snapshot: CatalogSnapshot, views: Iterable[RelationRef] | None = None
+) -> dict[RelationRef, frozenset[RelationRef]]:
+    """For each change-driven MV (``views``, default all), the relations to fingerprint.
+
+    Walks upstream through plain views and through other change-driven MVs (they refresh in
+    the same run, upstream first). It stops at tables and partitioned tables, and at MVs that
+    are not change-driven or lie outside the snapshot: those are refreshed by someone else,
+    and their own fingerprint moves when they are. Foreign tables are left out (no counters:
+    refresh their MVs on a schedule), so an MV reading only foreign tables maps to nothing.
+    """
+    mvs = {mv.ref for mv in snapshot.matviews}
+    driven = set(mvs) if views is None else set(views)
+    unknown = driven - mvs
+    if unknown:
+        names = ", ".join(sorted(r.qualname for r in unknown))
+        raise CatalogError(f"not materialized views in this catalog: {names}")
+    upstream = {mv.ref: mv.upstream for mv in snapshot.matviews}
+    kinds = {rel.ref: rel.kind for rel in snapshot.relations}
+    for rel in snapshot.relations:
+        upstream.setdefault(rel.ref, rel.upstream)
+
+    result: dict[RelationRef, frozenset[RelationRef]] = {}
+    for view in sorted(driven):
+        found: set[RelationRef] = set()
+        seen: set[RelationRef] = set()
+        frontier = list(upstream[view])
+        while frontier:
+            ref = frontier.pop()
+            if ref in seen:
+                continue
+            seen.add(ref)
+            kind = "matview" if ref in mvs else kinds.get(ref)
+            if kind == "view" or ref in driven:
+                frontier.extend(upstream.get(ref, ()))
+            elif kind in ("table", "partitioned_table", "matview"):
+                found.add(ref)
+        result[view] = frozenset(found)
+    return result

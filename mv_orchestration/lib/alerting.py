@@ -1,0 +1,489 @@
+"""Alerts through apprise: freshness state changes and failed refresh runs.
+
+Dagster's freshness daemon evaluates every asset's ``FreshnessPolicy`` and records each change
+of state as a ``FRESHNESS_STATE_CHANGE`` event; ``DagsterInstance.get_freshness_state_records``
+returns the latest one per asset. The freshness alert sensor compares those states with the
+states it last notified about, kept in its own cursor, so each incident alerts once (WARN, FAIL,
+recovery), nothing repeats per tick, and a daemon restart loses nothing: the cursor advances only
+after a notification was delivered, so a failed delivery is retried on the next tick.
+
+Destinations are apprise URLs (``slack://…``, ``msteams://…``, ``mailto://…``,
+``pagerduty://…``, ``json://host/path`` …). They hold secrets and are never logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal, TypeAlias
+from urllib.parse import quote
+
+import apprise
+import dagster as dg
+from dagster._core.definitions.unresolved_asset_job_definition import (
+    UnresolvedAssetJobDefinition,
+)
+from dagster._time import get_current_timestamp
+
+log = logging.getLogger(__name__)
+
+Severity = Literal["info", "success", "warning", "failure"]
+Transition = Literal["warn", "fail", "recovered"]
+
+_NOTIFY_TYPE: dict[Severity, Any] = {
+    "info": apprise.NotifyType.INFO,
+    "success": apprise.NotifyType.SUCCESS,
+    "warning": apprise.NotifyType.WARNING,
+    "failure": apprise.NotifyType.FAILURE,
+}
+_CURSOR_VERSION = 1
+_STALE = ("WARN", "FAIL")
+
+
+# --- destinations ---------------------------------------------------------------------------
+class Notifier:
+    """Sends notifications through apprise to global and per-group destinations.
+
+    ``urls`` receive every notification; ``group_urls[group]`` additionally receive those sent
+    for that Dagster asset group. Invalid URLs are rejected at construction (the error names
+    the destination's position and scheme, never the URL).
+    """
+
+    def __init__(
+        self, urls: Sequence[str], group_urls: Mapping[str, Sequence[str]] | None = None
+    ) -> None:
+        self._urls = tuple(dict.fromkeys(urls))
+        self._group_urls = {g: tuple(dict.fromkeys(u)) for g, u in (group_urls or {}).items()}
+        for where, url_list in [("urls", self._urls), *self._group_urls.items()]:
+            for i, url in enumerate(url_list):
+                if not apprise.Apprise().add(url):
+                    scheme = url.split("://", 1)[0] if "://" in url else "?"
+                    raise ValueError(
+                        f"notification destination #{i + 1} of {where!r} is not a valid "
+                        f"apprise URL (scheme {scheme!r})"
+                    )
+
+    @property
+    def groups(self) -> frozenset[str]:
+        return frozenset(self._group_urls)
+
+    def has_destinations(self, group: str | Iterable[str] | None = None) -> bool:
+        return bool(self._destinations(group))
+
+    def _destinations(self, group: str | Iterable[str] | None) -> tuple[str, ...]:
+        groups = [group] if isinstance(group, str) else list(group or ())
+        urls = list(self._urls)
+        for g in groups:
+            urls.extend(self._group_urls.get(g, ()))
+        return tuple(dict.fromkeys(urls))
+
+    def send(
+        self,
+        title: str,
+        body: str,
+        *,
+        group: str | Iterable[str] | None = None,
+        severity: Severity = "info",
+    ) -> bool:
+        """Deliver to the global destinations plus those of ``group`` (one or several).
+
+        True when every destination accepted the message; False when any failed or when there
+        is no destination at all (so callers that retry keep the alert pending).
+        """
+        destinations = self._destinations(group)
+        if not destinations:
+            log.warning("no notification destination configured; alert %r not sent", title)
+            return False
+        client = apprise.Apprise()
+        for url in destinations:
+            client.add(url)
+        try:
+            result = client.notify(body=body, title=title, notify_type=_NOTIFY_TYPE[severity])
+        except Exception as exc:  # a plugin bug must not kill the sensor tick
+            log.warning("sending alert %r raised %s", title, type(exc).__name__)
+            return False
+        ok = bool(result)
+        if not ok:
+            log.warning("alert %r was not delivered to every destination", title)
+        return ok
+
+
+# --- messages -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Alert:
+    title: str
+    body: str
+    severity: Severity
+
+
+def asset_url(ui_base_url: str, key: dg.AssetKey) -> str:
+    """Link to an asset in the Dagster UI: ``{base}/assets/<key path joined by />``."""
+    return f"{ui_base_url.rstrip('/')}/assets/" + "/".join(quote(p, safe="") for p in key.path)
+
+
+def run_url(ui_base_url: str, run_id: str) -> str:
+    return f"{ui_base_url.rstrip('/')}/runs/{run_id}"
+
+
+def format_duration(seconds: float) -> str:
+    """``45s``, ``12m 05s``, ``3h 04m``, ``2d 03h``."""
+    s = max(0, int(seconds))
+    days, rem = divmod(s, 86400)
+    hours, rem = divmod(rem, 3600)
+    minutes, secs = divmod(rem, 60)
+    if days:
+        return f"{days}d {hours:02d}h"
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"
+
+
+def _utc(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def freshness_alert(
+    view: str,
+    key: dg.AssetKey,
+    old_state: str | None,
+    new_state: str,
+    *,
+    last_success: float | None,
+    now: float,
+    ui_base_url: str | None = None,
+    stale_since: float | None = None,
+) -> Alert:
+    """Message for a freshness state change of one view."""
+    old = old_state or "UNKNOWN"
+    if new_state == "PASS":
+        title = f"[RECOVERED] {view} is fresh again"
+        severity: Severity = "success"
+    elif new_state == "FAIL":
+        title = f"[FAIL] {view} is stale: freshness policy failed"
+        severity = "failure"
+    else:
+        title = f"[{new_state}] {view} is getting stale"
+        severity = "warning"
+    lines = [f"Materialized view {view}: freshness {old} → {new_state}."]
+    if last_success is None:
+        lines.append("No successful refresh recorded.")
+    else:
+        lines.append(
+            f"Last successful refresh: {format_duration(now - last_success)} ago "
+            f"({_utc(last_success)})."
+        )
+    if new_state == "PASS" and stale_since is not None:
+        lines.append(f"It was stale for {format_duration(now - stale_since)}.")
+    if ui_base_url:
+        lines.append(f"Asset: {asset_url(ui_base_url, key)}")
+    return Alert(title=title, body="\n".join(lines), severity=severity)
+
+
+@dataclass(frozen=True)
+class RefreshFailure:
+    """What a failed step reported: the view, SQLSTATE and error from ``dg.Failure`` metadata."""
+
+    view: str | None
+    sqlstate: str | None
+    error: str | None
+    description: str | None
+
+
+def _meta_text(metadata: Mapping[str, Any], key: str) -> str | None:
+    value = metadata.get(key)
+    if value is None:
+        return None
+    raw = getattr(value, "value", value)
+    return None if raw is None else str(raw)
+
+
+def refresh_failures(step_failure_events: Iterable[dg.DagsterEvent]) -> list[RefreshFailure]:
+    """Extract view/SQLSTATE/error from step failure events (metadata of ``dg.Failure``)."""
+    found: list[RefreshFailure] = []
+    for event in step_failure_events:
+        data = event.step_failure_data
+        user = data.user_failure_data
+        metadata: Mapping[str, Any] = user.metadata if user is not None else {}
+        description = user.description if user is not None else None
+        if description is None and data.error is not None:
+            description = data.error.message.strip()
+        found.append(
+            RefreshFailure(
+                view=_meta_text(metadata, "view"),
+                sqlstate=_meta_text(metadata, "sqlstate"),
+                error=_meta_text(metadata, "error"),
+                description=description or event.message,
+            )
+        )
+    return found
+
+
+def run_failure_alert(
+    *,
+    job_name: str,
+    run_id: str,
+    failures: Sequence[RefreshFailure],
+    run_message: str | None = None,
+    ui_base_url: str | None = None,
+) -> Alert:
+    """Message for a failed run: the view(s), SQLSTATE and error, the run id and a link."""
+    views = list(dict.fromkeys(f.view for f in failures if f.view))
+    codes = list(dict.fromkeys(f.sqlstate for f in failures if f.sqlstate))
+    code = f" (SQLSTATE {', '.join(codes)})" if codes else ""
+    if views:
+        title = f"[FAILED] refresh of {', '.join(views)} failed{code}"
+    else:
+        title = f"[FAILED] run of {job_name} failed{code}"
+    lines = []
+    if views:
+        lines.append(f"View(s): {', '.join(views)}")
+    if codes:
+        lines.append(f"SQLSTATE: {', '.join(codes)}")
+    for f in failures:
+        if f.error:
+            lines.append(f"Error: {f.error}")
+        if f.description and f.description != f.error:
+            lines.append(f"Details: {f.description}")
+    if not failures and run_message:
+        lines.append(f"Details: {run_message}")
+    lines.append(f"Run: {run_id} (job {job_name})")
+    if ui_base_url:
+        lines.append(f"Run page: {run_url(ui_base_url, run_id)}")
+    return Alert(title=title, body="\n".join(lines), severity="failure")
+
+
+# --- which assets, which groups, which names -------------------------------------------------
+@dataclass(frozen=True)
+class AlertTargets:
+    """Assets to watch, their groups (for routing) and display names (the views)."""
+
+    asset_keys: tuple[dg.AssetKey, ...]
+    group_of: Mapping[dg.AssetKey, str]
+    labels: Mapping[dg.AssetKey, str]
+
+
+def alert_targets(specs: Iterable[dg.AssetSpec]) -> AlertTargets:
+    """The assets that have a freshness policy, e.g. from ``defs.resolve_all_asset_specs()``.
+
+    Labels come from the ``postgres/relation`` metadata the translator sets on every MV.
+    """
+    keys: list[dg.AssetKey] = []
+    groups: dict[dg.AssetKey, str] = {}
+    labels: dict[dg.AssetKey, str] = {}
+    for spec in specs:
+        if spec.freshness_policy is None:
+            continue
+        keys.append(spec.key)
+        if spec.group_name:
+            groups[spec.key] = spec.group_name
+        relation = _meta_text(spec.metadata, "postgres/relation")
+        if relation:
+            labels[spec.key] = relation
+    keys.sort(key=lambda k: tuple(k.path))
+    return AlertTargets(asset_keys=tuple(keys), group_of=groups, labels=labels)
+
+
+def default_label(key: dg.AssetKey) -> str:
+    return ".".join(key.path)
+
+
+# --- freshness sensor -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Notified:
+    state: str
+    stale_since: float | None  # when the current incident (WARN/FAIL) began
+
+
+def transition(old_state: str | None, new_state: str) -> Transition | None:
+    """Which alert (if any) a change of freshness state deserves."""
+    if new_state == old_state:
+        return None
+    if new_state == "WARN":
+        return "warn"
+    if new_state == "FAIL":
+        return "fail"
+    if new_state == "PASS" and old_state in _STALE:
+        return "recovered"
+    return None
+
+
+def _load_cursor(cursor: str | None) -> dict[str, _Notified]:
+    if not cursor:
+        return {}
+    try:
+        data = json.loads(cursor)
+        if data.get("version") != _CURSOR_VERSION:
+            return {}
+        return {
+            k: _Notified(state=str(v["state"]), stale_since=v.get("stale_since"))
+            for k, v in data["assets"].items()
+        }
+    except (ValueError, KeyError, TypeError, AttributeError):
+        log.warning("ignoring unreadable freshness alert cursor")
+        return {}
+
+
+def _dump_cursor(seen: Mapping[str, _Notified]) -> str:
+    assets = {k: {"state": v.state, "stale_since": v.stale_since} for k, v in sorted(seen.items())}
+    return json.dumps({"version": _CURSOR_VERSION, "assets": assets}, sort_keys=True)
+
+
+def _last_success(
+    instance: dg.DagsterInstance, keys: Sequence[dg.AssetKey]
+) -> dict[dg.AssetKey, float]:
+    if not keys:
+        return {}
+    found: dict[dg.AssetKey, float] = {}
+    for record in instance.get_asset_records(list(keys)):
+        entry = record.asset_entry
+        if entry.last_materialization is not None:
+            found[entry.asset_key] = entry.last_materialization.timestamp
+    return found
+
+
+def build_freshness_alert_sensor(
+    asset_keys: Sequence[dg.AssetKey],
+    notifier: Notifier,
+    *,
+    group_of: Mapping[dg.AssetKey, str] | None = None,
+    labels: Mapping[dg.AssetKey, str] | None = None,
+    ui_base_url: str | None = None,
+    name: str = "mvo_freshness_alerts",
+    minimum_interval_seconds: int = 30,
+    default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
+) -> dg.SensorDefinition:
+    """A sensor that alerts once per freshness state change of ``asset_keys``.
+
+    Each tick reads the latest state the freshness daemon recorded per asset and compares it
+    with the state last notified (kept in the cursor): →WARN and →FAIL alert, WARN/FAIL→PASS
+    alerts a recovery; other changes (to UNKNOWN, NOT_APPLICABLE, first PASS) are recorded
+    silently. An asset's cursor entry advances only when its notification was delivered.
+    """
+    keys = list(dict.fromkeys(asset_keys))
+    groups = dict(group_of or {})
+    names = dict(labels or {})
+
+    @dg.sensor(
+        name=name,
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=default_status,
+        description="Notifies (apprise) when a materialized view goes WARN or FAIL on its "
+        "freshness policy, and when it recovers. One alert per state change.",
+    )
+    def _freshness_alerts(context: dg.SensorEvaluationContext) -> dg.SkipReason:
+        seen = _load_cursor(context.cursor)
+        wanted = {k.to_string(): k for k in keys}
+        # forget assets no longer watched, so the cursor stays small
+        seen = {k: v for k, v in seen.items() if k in wanted}
+        records = context.instance.get_freshness_state_records(keys)
+
+        pending: list[tuple[str, dg.AssetKey, str | None, str, float]] = []
+        for cursor_key, key in wanted.items():
+            record = records.get(key)
+            if record is None:
+                continue
+            new_state = record.freshness_state.value
+            changed_at = record.updated_at.timestamp()
+            previous = seen.get(cursor_key)
+            old_state = previous.state if previous else None
+            if transition(old_state, new_state) is None:
+                if old_state != new_state:
+                    seen[cursor_key] = _Notified(new_state, None)
+                continue
+            pending.append((cursor_key, key, old_state, new_state, changed_at))
+
+        last = _last_success(context.instance, [p[1] for p in pending])
+        # the freshness daemon's clock: the reported age matches its verdict (and tests can
+        # move it with dagster's freeze_time)
+        now = get_current_timestamp()
+        sent = failed = 0
+        for cursor_key, key, old_state, new_state, changed_at in pending:
+            previous = seen.get(cursor_key)
+            since = previous.stale_since if previous and previous.state in _STALE else None
+            alert = freshness_alert(
+                names.get(key, default_label(key)),
+                key,
+                old_state,
+                new_state,
+                last_success=last.get(key),
+                now=now,
+                ui_base_url=ui_base_url,
+                stale_since=since,
+            )
+            if notifier.send(
+                alert.title, alert.body, group=groups.get(key), severity=alert.severity
+            ):
+                sent += 1
+                seen[cursor_key] = _Notified(
+                    new_state, (since or changed_at) if new_state in _STALE else None
+                )
+                context.log.info(f"sent: {alert.title}")
+            else:
+                failed += 1
+                context.log.warning(f"not delivered, will retry next tick: {alert.title}")
+
+        context.update_cursor(_dump_cursor(seen))
+        return dg.SkipReason(
+            f"{len(keys)} assets watched; {sent} alerts sent"
+            + (f", {failed} failed (retried next tick)" if failed else "")
+        )
+
+    return _freshness_alerts
+
+
+# --- run failure sensor ---------------------------------------------------------------------
+MonitoredJob: TypeAlias = dg.JobDefinition | UnresolvedAssetJobDefinition | dg.JobSelector
+
+
+def build_refresh_failure_sensor(
+    notifier: Notifier,
+    *,
+    ui_base_url: str | None = None,
+    monitored_jobs: Sequence[MonitoredJob] | None = None,
+    group_of: Mapping[dg.AssetKey, str] | None = None,
+    labels: Mapping[dg.AssetKey, str] | None = None,
+    name: str = "mvo_refresh_failures",
+    minimum_interval_seconds: int | None = None,
+    default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
+) -> dg.SensorDefinition:
+    """A run failure sensor that alerts once per failed run, naming the view(s) and error.
+
+    ``monitored_jobs=None`` watches every job of the code location. The alert goes to the
+    global destinations plus the groups of the failing views (or of the run's assets).
+
+    Dagster's run status sensors advance their cursor past a run even when the sensor function
+    raises, so an undeliverable failure alert is reported as a failed tick, not retried.
+    """
+    groups = dict(group_of or {})
+    key_of_view = {label: key for key, label in (labels or {}).items()}
+
+    @dg.run_failure_sensor(
+        name=name,
+        monitored_jobs=list(monitored_jobs) if monitored_jobs else None,
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=default_status,
+        description="Notifies (apprise) when a refresh run fails, naming the view and SQLSTATE.",
+    )
+    def _refresh_failures(context: dg.RunFailureSensorContext) -> None:
+        run = context.dagster_run
+        failures = refresh_failures(context.get_step_failure_events())
+        alert = run_failure_alert(
+            job_name=run.job_name,
+            run_id=run.run_id,
+            failures=failures,
+            run_message=context.failure_event.message,
+            ui_base_url=ui_base_url,
+        )
+        failing_keys = [key_of_view[f.view] for f in failures if f.view and f.view in key_of_view]
+        keys = failing_keys or list(run.asset_selection or ())
+        alert_groups = sorted({groups[k] for k in keys if k in groups})
+        if not notifier.send(alert.title, alert.body, group=alert_groups, severity=alert.severity):
+            raise RuntimeError(f"failure alert for run {run.run_id} was not delivered")
+        context.log.info(f"sent: {alert.title}")
+
+    return _refresh_failures

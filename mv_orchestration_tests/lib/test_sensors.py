@@ -1,0 +1,308 @@
+"""The change sensor against a real PostgreSQL server and a real (temporary) Dagster instance.
+
+Every write is followed by ``pg_stat_force_next_flush()`` in the writing session, so the
+counters are visible to the sensor's own connection at once and no test sleeps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterator
+from typing import Any
+
+import dagster as dg
+import psycopg
+import pytest
+
+from mv_orchestration.core.catalog import CatalogSnapshot, RelationRef, read_catalog
+from mv_orchestration.core.changes import fingerprints, tokens_from_json
+from mv_orchestration.lib.assets import build_refresh_assets
+from mv_orchestration.lib.resource import PostgresResource
+from mv_orchestration.lib.sensors import DATA_VERSION_TAG, build_change_sensor
+from mv_orchestration.lib.translator import MvTranslator
+
+DDL = """
+CREATE SCHEMA src;
+CREATE TABLE src.orders (id serial PRIMARY KEY, region text NOT NULL, amount int NOT NULL);
+INSERT INTO src.orders (region, amount) VALUES ('eu', 10), ('us', 5);
+CREATE TABLE src."CustomerList" (id int PRIMARY KEY, name text);
+CREATE TABLE src.events (id int, at date NOT NULL) PARTITION BY RANGE (at);
+CREATE TABLE src.events_2026 PARTITION OF src.events
+    FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+CREATE TABLE src.events_other PARTITION OF src.events DEFAULT;
+CREATE EXTENSION file_fdw;
+CREATE SERVER files FOREIGN DATA WRAPPER file_fdw;
+CREATE FOREIGN TABLE src.rates (code text, rate numeric)
+    SERVER files OPTIONS (filename '/nonexistent/rates.csv', format 'csv');
+
+CREATE SCHEMA mart;
+CREATE VIEW mart.v_orders AS SELECT * FROM src.orders WHERE amount > 0;
+-- through a view
+CREATE MATERIALIZED VIEW mart.mv_sales AS
+    SELECT region, sum(amount) AS total FROM mart.v_orders GROUP BY region;
+CREATE UNIQUE INDEX ON mart.mv_sales (region);
+-- MV on MV
+CREATE MATERIALIZED VIEW mart.mv_grand AS SELECT sum(total) AS total FROM mart.mv_sales;
+-- other tables
+CREATE MATERIALIZED VIEW mart.mv_customers AS SELECT count(*) AS n FROM src."CustomerList";
+CREATE MATERIALIZED VIEW mart.mv_events AS SELECT count(*) AS n FROM src.events;
+-- foreign table: refreshed by schedule only
+CREATE MATERIALIZED VIEW mart.mv_rates AS SELECT * FROM src.rates WITH NO DATA;
+"""
+
+R = RelationRef
+K = dg.AssetKey
+SALES, GRAND = K(["mart", "mv_sales"]), K(["mart", "mv_grand"])
+CUSTOMERS, EVENTS, RATES = (
+    K(["mart", "mv_customers"]),
+    K(["mart", "mv_events"]),
+    K(["mart", "mv_rates"]),
+)
+ORDERS_KEY = K(["src", "orders"])
+
+
+def flushed(conn: psycopg.Connection[Any], statement: str) -> None:
+    conn.execute(statement)
+    conn.execute("SELECT pg_stat_force_next_flush()")
+
+
+@pytest.fixture
+def writer(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+    flushed(conn, DDL)
+    return conn
+
+
+@pytest.fixture
+def snapshot(writer: psycopg.Connection[Any]) -> CatalogSnapshot:
+    return read_catalog(writer, ["mart"])
+
+
+@pytest.fixture
+def instance() -> Iterator[dg.DagsterInstance]:
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+class Harness:
+    """One sensor in one Definitions, ticked like the daemon does (cursor carried over)."""
+
+    def __init__(
+        self,
+        db_url: str,
+        snapshot: CatalogSnapshot,
+        instance: dg.DagsterInstance,
+        **sensor_kw: Any,
+    ) -> None:
+        translator = MvTranslator()
+        self.resource = PostgresResource(dsn=db_url)
+        self.sensor = build_change_sensor(snapshot, translator, **sensor_kw)
+        self.defs = dg.Definitions(
+            assets=build_refresh_assets(snapshot, translator, name="refresh_default"),
+            sensors=[self.sensor],
+            resources={"postgres": self.resource},
+        )
+        self.instance = instance
+        self.cursor: str | None = None
+
+    def tick(self) -> Any:
+        with dg.build_sensor_context(
+            instance=self.instance,
+            cursor=self.cursor,
+            resources={"postgres": self.resource},
+            definitions=self.defs,
+        ) as context:
+            data = self.sensor.evaluate_tick(context)
+        # the daemon stores the events and the cursor
+        for event in data.asset_events:
+            self.instance.report_runless_asset_event(event)
+        self.cursor = data.cursor
+        return data
+
+    def requested(self) -> set[dg.AssetKey]:
+        """Tick once; the asset keys of the (at most one) requested run."""
+        data = self.tick()
+        assert len(data.run_requests) <= 1
+        if not data.run_requests:
+            assert data.skip_message
+            return set()
+        return set(data.run_requests[0].asset_selection)
+
+
+@pytest.fixture
+def harness(db_url: str, snapshot: CatalogSnapshot, instance: dg.DagsterInstance) -> Harness:
+    h = Harness(db_url, snapshot, instance)
+    assert h.requested() == set()  # the first tick records a baseline
+    return h
+
+
+def test_sensor_definition(db_url: str, snapshot: CatalogSnapshot) -> None:
+    sensor = build_change_sensor(snapshot, MvTranslator())
+    assert sensor.name == "mvo_source_changes"
+    assert sensor.minimum_interval_seconds == 30
+    assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
+    assert sensor.required_resource_keys == {"postgres"}
+    defs = dg.Definitions(
+        assets=build_refresh_assets(snapshot, MvTranslator()),
+        sensors=[sensor],
+        resources={"postgres": PostgresResource(dsn=db_url)},
+    )
+    dg.Definitions.validate_loadable(defs)
+    # the target is a job over exactly the change-driven MVs
+    assert sensor.job_name is not None
+    job = defs.resolve_job_def(sensor.job_name)
+    assert set(job.asset_layer.selected_asset_keys) == {SALES, GRAND, CUSTOMERS, EVENTS, RATES}
+
+
+def test_baseline_then_insert_refreshes_exactly_the_downstream_mvs(
+    db_url: str,
+    snapshot: CatalogSnapshot,
+    instance: dg.DagsterInstance,
+    writer: psycopg.Connection[Any],
+) -> None:
+    h = Harness(db_url, snapshot, instance)
+    first = h.tick()
+    assert first.run_requests == [] and "baseline" in first.skip_message
+    # the baseline records a data version for every watched source table
+    watched = {K(["src", "orders"]), K(["src", "CustomerList"]), K(["src", "events"])}
+    assert {e.asset_key for e in first.asset_events} == watched
+    assert set(tokens_from_json(h.cursor)) == {
+        R("src", "orders"),
+        R("src", "CustomerList"),
+        R("src", "events"),
+    }
+    # nothing changed: no run, no events
+    second = h.tick()
+    assert second.run_requests == [] and second.asset_events == []
+
+    flushed(writer, "INSERT INTO src.orders (region, amount) VALUES ('apac', 7)")
+    data = h.tick()
+    [request] = data.run_requests
+    assert set(request.asset_selection) == {SALES, GRAND}
+    assert request.run_key and request.tags["mvo/changed_tables"] == "src.orders"
+    # the changed table's fingerprint is its source asset's data version
+    [event] = data.asset_events
+    token = tokens_from_json(h.cursor)[R("src", "orders")]
+    assert event.asset_key == ORDERS_KEY and event.tags[DATA_VERSION_TAG] == token
+    record = instance.get_latest_data_version_record(ORDERS_KEY)
+    assert record is not None
+    assert record.asset_observation is not None
+    assert record.asset_observation.data_version == token
+
+    # the requested run refreshes the MVs upstream first; its refreshes are no new change
+    job_name = request.job_name or h.sensor.job_name  # the daemon fills in the one target
+    assert isinstance(job_name, str)
+    job = h.defs.resolve_job_def(job_name)
+    result = job.execute_in_process(
+        instance=instance, asset_selection=list(request.asset_selection)
+    )
+    assert result.success
+    mats = result.asset_materializations_for_node("refresh_default")
+    assert [m.asset_key for m in mats] == [SALES, GRAND]
+    with psycopg.connect(db_url) as check:
+        assert check.execute("SELECT total FROM mart.mv_grand").fetchone() == (22,)
+    assert h.requested() == set()
+
+
+def _copy(conn: psycopg.Connection[Any]) -> None:
+    with conn.cursor() as cur, cur.copy("COPY src.orders (region, amount) FROM STDIN") as copy:
+        copy.write_row(("eu", 1))
+    conn.execute("SELECT pg_stat_force_next_flush()")
+
+
+def _sql(statement: str) -> Callable[[psycopg.Connection[Any]], None]:
+    return lambda conn: flushed(conn, statement)
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        _sql("TRUNCATE src.orders"),
+        _sql("UPDATE src.orders SET amount = amount + 1"),
+        _sql("DELETE FROM src.orders WHERE region = 'us'"),
+        _copy,
+    ],
+    ids=["truncate", "update", "delete", "copy"],
+)
+def test_every_kind_of_write_is_a_change(
+    harness: Harness,
+    writer: psycopg.Connection[Any],
+    write: Callable[[psycopg.Connection[Any]], None],
+) -> None:
+    write(writer)
+    assert harness.requested() == {SALES, GRAND}
+    assert harness.requested() == set()
+
+
+def test_partition_write_refreshes_the_mv_on_the_parent(
+    harness: Harness, writer: psycopg.Connection[Any]
+) -> None:
+    flushed(writer, "INSERT INTO src.events_other VALUES (1, '2020-01-01')")
+    assert harness.requested() == {EVENTS}
+
+
+def test_quoted_names(harness: Harness, writer: psycopg.Connection[Any]) -> None:
+    flushed(writer, "INSERT INTO src.\"CustomerList\" VALUES (1, 'a')")
+    assert harness.requested() == {CUSTOMERS}
+
+
+def test_stats_reset_counts_as_change(harness: Harness, writer: psycopg.Connection[Any]) -> None:
+    writer.execute("SELECT pg_stat_reset()")
+    assert harness.requested() == {SALES, GRAND, CUSTOMERS, EVENTS}
+    assert harness.requested() == set()
+
+
+def test_foreign_tables_never_trigger(
+    db_url: str,
+    snapshot: CatalogSnapshot,
+    instance: dg.DagsterInstance,
+    writer: psycopg.Connection[Any],
+) -> None:
+    assert fingerprints(writer, [R("src", "rates")]) == {}
+    only_rates = Harness(db_url, snapshot, instance, views=[R("mart", "mv_rates")])
+    everything = Harness(db_url, snapshot, instance, name="all", treat_first_as_change=True)
+    first = everything.requested()
+    assert first == {SALES, GRAND, CUSTOMERS, EVENTS}  # every MV with a fingerprint, no rates
+    assert only_rates.requested() == set()
+    writer.execute("SELECT pg_stat_reset()")
+    flushed(writer, "INSERT INTO src.orders (region, amount) VALUES ('eu', 1)")
+    assert only_rates.requested() == set()
+    assert only_rates.cursor is None or tokens_from_json(only_rates.cursor) == {}
+    assert RATES not in everything.requested()
+
+
+@pytest.mark.parametrize("views", [[R("mart", "mv_customers")], []])
+def test_only_change_driven_views_are_requested(
+    db_url: str,
+    snapshot: CatalogSnapshot,
+    instance: dg.DagsterInstance,
+    writer: psycopg.Connection[Any],
+    views: Collection[RelationRef],
+) -> None:
+    h = Harness(db_url, snapshot, instance, views=views)
+    assert h.requested() == set()
+    flushed(writer, "INSERT INTO src.orders (region, amount) VALUES ('eu', 1)")
+    assert h.requested() == set()
+    flushed(writer, "INSERT INTO src.\"CustomerList\" VALUES (1, 'a')")
+    assert h.requested() == ({CUSTOMERS} if views else set())
+
+
+def test_upstream_mv_not_change_driven_is_watched_itself(
+    db_url: str,
+    snapshot: CatalogSnapshot,
+    instance: dg.DagsterInstance,
+    writer: psycopg.Connection[Any],
+) -> None:
+    # mv_sales refreshes on its own schedule; mv_grand follows it when it has refreshed
+    h = Harness(db_url, snapshot, instance, views=[R("mart", "mv_grand")])
+    assert h.requested() == set()
+    flushed(writer, "INSERT INTO src.orders (region, amount) VALUES ('eu', 1)")
+    assert h.requested() == set()
+    flushed(writer, "REFRESH MATERIALIZED VIEW CONCURRENTLY mart.mv_sales")
+    assert h.requested() == {GRAND}
+
+
+def test_same_state_gives_same_run_key(harness: Harness, writer: psycopg.Connection[Any]) -> None:
+    baseline = harness.cursor
+    flushed(writer, "INSERT INTO src.orders (region, amount) VALUES ('eu', 1)")
+    first = harness.tick().run_requests[0].run_key
+    harness.cursor = baseline  # e.g. the tick's result was lost: the daemon dedupes the run
+    assert harness.tick().run_requests[0].run_key == first
