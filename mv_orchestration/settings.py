@@ -38,6 +38,16 @@ def _flag(name: str, *, default: bool) -> bool:
     raise ConfigError(f"{name}={raw!r}: expected on or off")
 
 
+def _policies_path() -> Path | None:
+    raw = os.environ.get("MVO_POLICIES", "").strip()
+    if not raw:
+        return None
+    path = Path(raw).expanduser().resolve()
+    if not path.is_file():
+        raise ConfigError(f"MVO_POLICIES={raw!r}: no such file")
+    return path
+
+
 def _history_schema() -> str | None:
     """``MVO_HISTORY_SCHEMA``: where refresh history lives; ``off`` disables it."""
     raw = os.environ.get("MVO_HISTORY_SCHEMA", "").strip()
@@ -60,6 +70,9 @@ class Settings:
     history_schema: str | None
     history_retention_days: float
     automation_running: bool
+    policies_path: Path | None
+    alert_urls: tuple[str, ...]
+    ui_base_url: str | None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -80,4 +93,10 @@ class Settings:
             history_schema=_history_schema(),
             history_retention_days=_float("MVO_HISTORY_RETENTION_DAYS", 30.0),
             automation_running=_flag("MVO_AUTOMATION", default=True),
+            policies_path=_policies_path(),
+            # apprise URLs (slack://…, mailto://…, json://host/path), space- or comma-separated
+            alert_urls=tuple(
+                u for u in os.environ.get("MVO_ALERT_URLS", "").replace(",", " ").split() if u
+            ),
+            ui_base_url=os.environ.get("MVO_UI_BASE_URL", "").strip().rstrip("/") or None,
         )

@@ -18,7 +18,10 @@ import pytest
 
 from mv_orchestration.core.catalog import CatalogSnapshot, RelationRef
 from mv_orchestration.core.graph import LineageGraph
+from mv_orchestration.demo import data
+from mv_orchestration.lib.alerting import Notifier
 from mv_orchestration.lib.defs import DatabaseTarget, build_definitions, default_translator
+from mv_orchestration.lib.policies import PolicyFile, load_policies
 from mv_orchestration.lib.resource import PostgresResource
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
@@ -29,13 +32,40 @@ def snapshot() -> CatalogSnapshot:
     return CatalogSnapshot.from_json((SNAPSHOTS / "demo_catalog.json").read_text())
 
 
-def _defs(snapshot: CatalogSnapshot, alias: str = "default") -> dg.Definitions:
+def _defs(
+    snapshot: CatalogSnapshot, alias: str = "default", policies: PolicyFile | None = None
+) -> dg.Definitions:
     target = DatabaseTarget(
         alias=alias,
         resource=PostgresResource(dsn=dg.EnvVar("DATABASE_URL")),
-        translator=default_translator(alias, prefix_with_alias=alias != "default"),
+        translator=default_translator(
+            alias, prefix_with_alias=alias != "default", policies=policies
+        ),
     )
-    return build_definitions([(target, snapshot)])
+    return build_definitions(
+        [(target, snapshot)],
+        automation_running=True,
+        notifier=Notifier(["json://127.0.0.1:9/alerts"]),
+    )
+
+
+def test_demo_policies_become_schedules_sensors_and_freshness(snapshot: CatalogSnapshot) -> None:
+    policies = load_policies(Path(data.__file__).parent / "policies.yaml")
+    defs = _defs(snapshot, policies=policies)
+    dg.Definitions.validate_loadable(defs)
+    schedules = {s.name: defs.resolve_schedule_def(s.name) for s in defs.schedules or []}
+    mes = next(s for n, s in schedules.items() if "6_22" in n)
+    assert mes.cron_schedule in ("*/2 6-22 * * *", ["*/2 6-22 * * *"])
+    assert mes.execution_timezone == "Asia/Seoul"
+    assert mes.default_status == dg.DefaultScheduleStatus.RUNNING
+    weekly = next(s for n, s in schedules.items() if "weekly" in n)
+    assert weekly.cron_schedule in ("0 4 * * 1", ["0 4 * * 1"])
+    sensors = {s.name for s in defs.sensors or []}
+    assert {"mvo_source_changes", "mvo_freshness_alerts", "mvo_refresh_failures"} <= sensors
+    graph = defs.resolve_asset_graph()
+    daily = graph.get(dg.AssetKey(["llm_usage", "mv_daily_metrics"]))
+    assert daily.freshness_policy is not None
+    assert "mvo_history_retention_default" in {j.name for j in defs.resolve_all_job_defs()}
 
 
 def _graph_summary(defs: dg.Definitions) -> dict[str, Any]:

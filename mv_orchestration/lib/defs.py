@@ -5,11 +5,24 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 import dagster as dg
+from dagster._core.definitions.unresolved_asset_job_definition import (
+    UnresolvedAssetJobDefinition,
+)
 
 from mv_orchestration.core import history
-from mv_orchestration.core.catalog import CatalogSnapshot
+from mv_orchestration.core.catalog import CatalogSnapshot, RelationRef
+from mv_orchestration.lib.alerting import (
+    Notifier,
+    alert_targets,
+    build_freshness_alert_sensor,
+    build_refresh_failure_sensor,
+)
 from mv_orchestration.lib.assets import build_refresh_assets
+from mv_orchestration.lib.checks import CheckThresholds
+from mv_orchestration.lib.policies import PolicyFile, ViewPolicy
 from mv_orchestration.lib.resource import PostgresResource
+from mv_orchestration.lib.schedules import build_schedules
+from mv_orchestration.lib.sensors import build_change_sensor
 from mv_orchestration.lib.translator import MvTranslator, TranslatorSettings, safe_name
 
 
@@ -60,26 +73,72 @@ def build_definitions(
     targets: Sequence[tuple[DatabaseTarget, CatalogSnapshot]],
     *,
     automation_running: bool = False,
+    notifier: Notifier | None = None,
+    ui_base_url: str | None = None,
 ) -> dg.Definitions:
+    """Assets, checks, schedules and sensors for every target.
+
+    With a policy file on a target's translator: its schedules, its change-driven sensor, its
+    freshness policies and check thresholds. With a ``notifier``: freshness and failure alerts.
+    ``automation_running`` starts schedules and sensors by default (Dagster's default is off).
+    """
     assets: list[dg.AssetsDefinition | dg.AssetSpec] = []
     resources: dict[str, PostgresResource] = {}
-    jobs: list[dg.JobDefinition] = []
+    jobs: list[dg.JobDefinition | UnresolvedAssetJobDefinition] = []
     schedules: list[dg.ScheduleDefinition] = []
+    sensors: list[dg.SensorDefinition] = []
     status = (
         dg.DefaultScheduleStatus.RUNNING if automation_running else dg.DefaultScheduleStatus.STOPPED
     )
+    sensor_status = (
+        dg.DefaultSensorStatus.RUNNING if automation_running else dg.DefaultSensorStatus.STOPPED
+    )
     for target, snapshot in targets:
+        tr = target.translator
+        policies: dict[RelationRef, ViewPolicy] = {}
+        thresholds: dict[RelationRef, CheckThresholds] = {}
+        if tr.policies is not None:
+            tr.policies.validate_against(snapshot, tr.get_base_group_name)
+            for mv in snapshot.matviews:
+                policy = tr.get_policy(mv.ref)
+                assert policy is not None
+                policies[mv.ref] = policy
+                thresholds[mv.ref] = CheckThresholds.from_mapping(
+                    policy.checks, where=f"{tr.policies.path.name}: checks of {mv.qualname}"
+                )
         assets.extend(
             build_refresh_assets(
                 snapshot,
-                target.translator,
+                tr,
                 resource_key=target.resource_key,
                 name=f"refresh_{safe_name(target.alias)}",
                 pool=target.pool,
                 history_schema=target.history_schema,
+                thresholds=thresholds,
             )
         )
         resources[target.resource_key] = target.resource
+        prefix = "mvo" if target.alias == "default" else f"mvo_{safe_name(target.alias)}"
+        if policies:
+            policy_jobs, policy_schedules = build_schedules(
+                {tr.get_asset_key(ref): p for ref, p in policies.items()},
+                job_prefix=prefix,
+                default_status=status,
+            )
+            jobs.extend(policy_jobs)
+            schedules.extend(policy_schedules)
+            on_change = [ref for ref, p in policies.items() if p.on_change]
+            if on_change:
+                sensors.append(
+                    build_change_sensor(
+                        snapshot,
+                        tr,
+                        resource_key=target.resource_key,
+                        name=f"{prefix}_source_changes",
+                        views=on_change,
+                        default_status=sensor_status,
+                    )
+                )
         if target.history_schema is not None:
             job = build_retention_job(target)
             jobs.append(job)
@@ -90,13 +149,42 @@ def build_definitions(
                     default_status=status,
                 )
             )  # fmt: skip
-    return dg.Definitions(assets=assets, resources=resources, jobs=jobs, schedules=schedules)
+    defs = dg.Definitions(
+        assets=assets, resources=resources, jobs=jobs, schedules=schedules, sensors=sensors
+    )
+    if notifier is None:
+        return defs
+    targets_ = alert_targets(defs.resolve_all_asset_specs())
+    alert_sensors = [
+        build_refresh_failure_sensor(
+            notifier,
+            ui_base_url=ui_base_url,
+            group_of=targets_.group_of,
+            labels=targets_.labels,
+            default_status=sensor_status,
+        )
+    ]
+    if targets_.asset_keys:
+        alert_sensors.append(
+            build_freshness_alert_sensor(
+                targets_.asset_keys,
+                notifier,
+                group_of=targets_.group_of,
+                labels=targets_.labels,
+                ui_base_url=ui_base_url,
+                default_status=sensor_status,
+            )
+        )
+    return dg.Definitions.merge(defs, dg.Definitions(sensors=alert_sensors))
 
 
-def default_translator(alias: str, *, prefix_with_alias: bool) -> MvTranslator:
+def default_translator(
+    alias: str, *, prefix_with_alias: bool, policies: PolicyFile | None = None
+) -> MvTranslator:
     return MvTranslator(
         TranslatorSettings(
             key_prefix=(alias,) if prefix_with_alias else (),
             database_alias=alias,
-        )
+        ),
+        policies=policies,
     )

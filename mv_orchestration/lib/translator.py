@@ -20,6 +20,7 @@ from mv_orchestration.core.catalog import (
     Relation,
     RelationRef,
 )
+from mv_orchestration.lib.policies import PolicyFile, ViewPolicy, freshness_policy
 
 _GROUP_SAFE = re.compile(r"[^A-Za-z0-9_]+")
 _KIND_TAG = {
@@ -69,20 +70,37 @@ class TranslatorSettings:
 
 
 class MvTranslator:
-    """Builds ``AssetSpec`` objects from catalog objects."""
+    """Builds ``AssetSpec`` objects from catalog objects.
 
-    def __init__(self, settings: TranslatorSettings | None = None) -> None:
+    With a policy file, each MV's freshness policy, owners, tags and group come from it.
+    """
+
+    def __init__(
+        self, settings: TranslatorSettings | None = None, policies: PolicyFile | None = None
+    ) -> None:
         self.settings = settings or TranslatorSettings()
+        self.policies = policies
+
+    def get_policy(self, ref: RelationRef) -> ViewPolicy | None:
+        """The MV's resolved policy (defaults → group → views), or None without a file."""
+        if self.policies is None:
+            return None
+        return self.policies.resolve(ref, self.get_base_group_name(ref))
 
     # --- keys and groups ----------------------------------------------------------------------
     def get_asset_key(self, ref: RelationRef) -> dg.AssetKey:
         return dg.AssetKey([*self.settings.key_prefix, ref.schema, ref.name])
 
-    def get_group_name(self, ref: RelationRef) -> str:
+    def get_base_group_name(self, ref: RelationRef) -> str:
+        """The group before a policy file moves the view: settings, else the schema."""
         by_view = self.settings.view_groups.get(f"{ref.schema}.{ref.name}")
         if by_view:
             return safe_name(by_view)
         return safe_name(self.settings.schema_groups.get(ref.schema, ref.schema))
+
+    def get_group_name(self, ref: RelationRef) -> str:
+        moved = self.policies.group_override(ref) if self.policies is not None else None
+        return safe_name(moved) if moved else self.get_base_group_name(ref)
 
     # --- materialized views -------------------------------------------------------------------
     def get_mv_description(self, mv: MaterializedView) -> str:
@@ -124,6 +142,12 @@ class MvTranslator:
         return {"mvo/method": "concurrently" if mv.has_usable_unique_index else "blocking"}
 
     def get_mv_spec(self, mv: MaterializedView, snapshot: CatalogSnapshot) -> dg.AssetSpec:
+        policy = self.get_policy(mv.ref)
+        tags = self.get_mv_tags(mv)
+        owners = self.get_owners(mv.owner)
+        if policy is not None:
+            tags = {**tags, **policy.tags}
+            owners = list(policy.owners) or owners
         return dg.AssetSpec(
             key=self.get_asset_key(mv.ref),
             deps=[self.get_asset_key(ref) for ref in mv.upstream],
@@ -131,10 +155,11 @@ class MvTranslator:
             metadata=self.get_mv_metadata(mv),
             group_name=self.get_group_name(mv.ref),
             code_version=definition_hash(mv.definition),
-            owners=self.get_owners(mv.owner),
-            tags=self.get_mv_tags(mv),
+            owners=owners,
+            tags=tags,
             kinds={"postgres", "view"},
             skippable=True,
+            freshness_policy=freshness_policy(policy) if policy is not None else None,
         )
 
     # --- upstream tables and views ------------------------------------------------------------
