@@ -151,3 +151,47 @@ def test_no_database_url_and_no_embedded_server(
     assert "DATABASE_URL is not set and the embedded demo server is not running" in result.output
     status = run("db", "status")
     assert status.exit_code == 1 and status.output.startswith("not running")
+
+
+def _history_row(
+    conn: psycopg.Connection[Any], view: str, status: str, minutes_ago: float, duration_ms: float
+) -> None:
+    conn.execute(
+        "INSERT INTO mvo.refresh_history (view_schema, view_name, started_at, finished_at,"
+        " duration_ms, status, attempts, error_message)"
+        " VALUES ('shop', %s, now() - %s * interval '1 minute',"
+        " now() - %s * interval '1 minute', %s, %s, 1, %s)",
+        [view, minutes_ago, minutes_ago, duration_ms, status,
+         "boom" if status == "failure" else None],
+    )  # fmt: skip
+
+
+def test_status_health_and_exit_codes(
+    cli_env: dict[str, str], conn: psycopg.Connection[Any]
+) -> None:
+    from mv_orchestration.core import history
+
+    history.ensure_history(conn, "mvo")
+    _history_row(conn, "mv_sales", "success", 1, 40)  # healthy
+    for i in range(9):  # 9 of 10 succeed, slowly: warning
+        _history_row(conn, "mv_grand", "success", 2 + i, 6000)
+    _history_row(conn, "mv_grand", "failure", 1, 10)
+    result = run("status", "--group", "shop", "--json")
+    assert result.exit_code == 0, result.output
+    rows = {r["view"]: r for r in json.loads(result.output)}
+    assert rows["shop.mv_sales"]["health"] == "healthy"
+    assert rows["shop.mv_grand"]["health"] == "warning"
+    assert "success rate 90.0% < 95%" in rows["shop.mv_grand"]["reasons"]
+    assert rows["shop.mv_grand"]["last_error"] == "boom"
+
+    for _ in range(3):  # 9 of 13 = 69 %: critical
+        _history_row(conn, "mv_grand", "failure", 0.5, 10)
+    table = run("status", "shop.mv_grand", "shop.mv_sales")
+    assert table.exit_code == 2
+    lines = table.output.splitlines()
+    assert lines[1].split()[:2] == ["shop.mv_grand", "critical"], "worst first"
+    assert "2 views over 24h: 1 critical, 0 warning, 1 healthy" in table.output
+    # a window that excludes everything: no attempts is a warning, not critical
+    assert run("status", "shop.mv_grand", "--since", "10s").exit_code == 0
+    bad = run("status", "--since", "forever")
+    assert bad.exit_code == 2 and "use a number and a unit" in bad.output
