@@ -87,6 +87,10 @@ def resolve_database_url() -> str:
     status = server.status()
     if status.running:
         _echo_err(f"DATABASE_URL is not set; using the embedded demo database ({DEMO_DB})")
+        from mv_orchestration.demo import data
+
+        # the same policies as `mvo dev` uses for the demo, so groups and checks match the UI
+        os.environ.setdefault("MVO_POLICIES", str(Path(data.__file__).parent / "policies.yaml"))
         return str(server.url(DEMO_DB))
     raise ConfigError(
         "DATABASE_URL is not set and the embedded demo server is not running "

@@ -1,0 +1,72 @@
+"""The code location as Dagster loads it: environment → Settings → Definitions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import psycopg
+import pytest
+
+from mv_orchestration.definitions import build_from_settings
+from mv_orchestration.demo import data
+from mv_orchestration.errors import ConfigError
+from mv_orchestration.settings import Settings
+
+
+@pytest.fixture
+def demo_env(
+    db_url: str, conn: psycopg.Connection[Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data.load_demo(conn, scale=0.01)
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    monkeypatch.setenv("MVO_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("MVO_POLICIES", str(Path(data.__file__).parent / "policies.yaml"))
+    for name in ("MVO_AUTOMATION", "MVO_HISTORY_SCHEMA", "MVO_ALERT_URLS", "MVO_SCHEMAS"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_environment_reaches_the_definitions(
+    demo_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    defs = build_from_settings(Settings.from_env())
+    schedules = {s.name: s for s in defs.schedules or []}
+    assert len(schedules) >= 6  # five systems' crons + history retention
+    assert all(s.default_status == dg.DefaultScheduleStatus.RUNNING for s in schedules.values())
+    sensors = {s.name for s in defs.sensors or []}
+    assert sensors == {"mvo_source_changes"}  # no alert URLs: no alert sensors
+    graph = defs.resolve_asset_graph()
+    assert graph.get(dg.AssetKey(["saas", "platform_metrics"])).freshness_policy is not None
+
+    monkeypatch.setenv("MVO_AUTOMATION", "off")
+    monkeypatch.setenv("MVO_HISTORY_SCHEMA", "off")
+    monkeypatch.setenv("MVO_ALERT_URLS", "json://127.0.0.1:9/hook")
+    quiet = build_from_settings(Settings.from_env())
+    assert all(s.default_status == dg.DefaultScheduleStatus.STOPPED for s in quiet.schedules or [])
+    assert not any("retention" in s.name for s in quiet.schedules or [])
+    assert {"mvo_freshness_alerts", "mvo_refresh_failures"} <= {s.name for s in quiet.sensors or []}
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("MVO_AUTOMATION", "maybe", "MVO_AUTOMATION='maybe': expected on or off"),
+        ("MVO_LOCK_TIMEOUT_S", "soon", "MVO_LOCK_TIMEOUT_S='soon' is not a number"),
+        ("MVO_POLICIES", "/nonexistent.yaml", "MVO_POLICIES='/nonexistent.yaml': no such file"),
+    ],
+)
+def test_bad_settings_are_one_line(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u@127.0.0.1:1/x")
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env()
+    assert str(info.value) == message
+
+
+def test_missing_database_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    with pytest.raises(ConfigError, match="DATABASE_URL is not set"):
+        Settings.from_env()
