@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
+import dagster as dg
 import psycopg
 import pytest
 from psycopg import sql
@@ -80,3 +81,10 @@ def conn(db_url: str) -> Iterator[psycopg.Connection[Any]]:
     """An autocommit connection to a fresh database."""
     with psycopg.connect(db_url, autocommit=True) as c:
         yield c
+
+
+@pytest.fixture
+def instance() -> Iterator[dg.DagsterInstance]:
+    """A real, temporary Dagster instance."""
+    with dg.instance_for_test() as inst:
+        yield inst

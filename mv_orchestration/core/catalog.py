@@ -53,8 +53,23 @@ class Column:
     nullable: bool = True
 
 
+class _Named:
+    """``ref`` and ``qualname`` for the catalog dataclasses that have schema and name."""
+
+    schema: str
+    name: str
+
+    @property
+    def ref(self) -> RelationRef:
+        return RelationRef(self.schema, self.name)
+
+    @property
+    def qualname(self) -> str:
+        return qualname(self.schema, self.name)
+
+
 @dataclass(frozen=True)
-class Relation:
+class Relation(_Named):
     """A table, partitioned table, foreign table or plain view upstream of some MV."""
 
     schema: str
@@ -67,14 +82,6 @@ class Relation:
     upstream: tuple[RelationRef, ...] = ()
     definition: str | None = None
 
-    @property
-    def ref(self) -> RelationRef:
-        return RelationRef(self.schema, self.name)
-
-    @property
-    def qualname(self) -> str:
-        return qualname(self.schema, self.name)
-
 
 @dataclass(frozen=True)
 class UniqueIndex:
@@ -86,7 +93,7 @@ class UniqueIndex:
 
 
 @dataclass(frozen=True)
-class MaterializedView:
+class MaterializedView(_Named):
     schema: str
     name: str
     owner: str
@@ -98,14 +105,6 @@ class MaterializedView:
     unique_indexes: tuple[UniqueIndex, ...] = ()
     comment: str | None = None
     tablespace: str | None = None
-
-    @property
-    def ref(self) -> RelationRef:
-        return RelationRef(self.schema, self.name)
-
-    @property
-    def qualname(self) -> str:
-        return qualname(self.schema, self.name)
 
     @property
     def has_usable_unique_index(self) -> bool:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +40,6 @@ CREATE MATERIALIZED VIEW shop.mv_ratio_sum AS SELECT sum(r) AS s FROM shop.mv_ra
 def shop(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
     conn.execute(DDL)
     return conn
-
-
-@pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as inst:
-        yield inst
 
 
 def make_defs(db_url: str, conn: psycopg.Connection[Any], **resource_kw: Any) -> dg.Definitions:

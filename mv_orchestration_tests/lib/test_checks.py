@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import dagster as dg
@@ -38,12 +38,6 @@ R = RelationRef
 def shop(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
     conn.execute(DDL)
     return conn
-
-
-@pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as inst:
-        yield inst
 
 
 def run(
