@@ -485,15 +485,11 @@ def status(views: tuple[str, ...], since: str, groups: tuple[str, ...], as_json:
             )
         fresh = _freshness_states(keys)
     table = health_table(stats, datetime.now(UTC))
-    by_view = {".".join(k.path[-2:]): fresh.get(k, "UNKNOWN") for k in keys}
     from mv_orchestration.core.sql import qualname
 
-    table["freshness"] = [
-        by_view.get(".".join(ref), "UNKNOWN")
-        for ref in [
-            next((r for r in refs if qualname(*r) == view), ("", "")) for view in table["view"]
-        ]
-    ]
+    # health_table's "view" column is qualname(schema, name)
+    fresh_by_view = {qualname(k.path[-2], k.path[-1]): fresh.get(k, "UNKNOWN") for k in keys}
+    table["freshness"] = [fresh_by_view.get(view, "UNKNOWN") for view in table["view"]]
     critical = int((table["health"] == "critical").sum())
     if as_json:
         click.echo(table.to_json(orient="records", date_format="iso", indent=2))

@@ -52,6 +52,12 @@ class PgServer:
             )
 
 
+def flushed(conn: psycopg.Connection[Any], statement: str) -> None:
+    """Run ``statement`` and make its statistics visible to other sessions at once."""
+    conn.execute(statement)
+    conn.execute("SELECT pg_stat_force_next_flush()")
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
     url = os.environ.get("MVO_TEST_DATABASE_URL")

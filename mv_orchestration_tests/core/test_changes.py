@@ -27,6 +27,7 @@ from mv_orchestration.core.changes import (
     tokens_to_json,
 )
 from mv_orchestration.errors import CatalogError
+from mv_orchestration_tests.conftest import flushed
 
 R = RelationRef
 ORDERS = R("src", "orders")
@@ -53,12 +54,6 @@ CREATE FOREIGN TABLE src.rates (code text, rate numeric)
     SERVER files OPTIONS (filename '/nonexistent/rates.csv', format 'csv');
 CREATE VIEW src.v_orders AS SELECT * FROM src.orders WHERE amount > 0;
 """.replace("@ODD@", ODD_SQL)
-
-
-def flushed(conn: psycopg.Connection[Any], statement: str) -> None:
-    """Run ``statement`` and make its statistics visible to other sessions at once."""
-    conn.execute(statement)
-    conn.execute("SELECT pg_stat_force_next_flush()")
 
 
 @pytest.fixture

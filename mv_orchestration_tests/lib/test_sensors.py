@@ -6,7 +6,7 @@ counters are visible to the sensor's own connection at once and no test sleeps.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection
 from typing import Any
 
 import dagster as dg
@@ -19,6 +19,7 @@ from mv_orchestration.lib.assets import build_refresh_assets
 from mv_orchestration.lib.resource import PostgresResource
 from mv_orchestration.lib.sensors import DATA_VERSION_TAG, build_change_sensor
 from mv_orchestration.lib.translator import MvTranslator
+from mv_orchestration_tests.conftest import flushed
 
 DDL = """
 CREATE SCHEMA src;
@@ -60,11 +61,6 @@ CUSTOMERS, EVENTS, RATES = (
 ORDERS_KEY = K(["src", "orders"])
 
 
-def flushed(conn: psycopg.Connection[Any], statement: str) -> None:
-    conn.execute(statement)
-    conn.execute("SELECT pg_stat_force_next_flush()")
-
-
 @pytest.fixture
 def writer(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
     flushed(conn, DDL)
@@ -74,12 +70,6 @@ def writer(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
 @pytest.fixture
 def snapshot(writer: psycopg.Connection[Any]) -> CatalogSnapshot:
     return read_catalog(writer, ["mart"])
-
-
-@pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as inst:
-        yield inst
 
 
 class Harness:
