@@ -53,6 +53,8 @@ class RefreshError(MvoError):
         self.duration_s = duration_s
         self.blocking_pids = blocking_pids
         self.lock_holders = lock_holders
+        # total seconds spent waiting for locks, when measured (see core/locks.py)
+        self.lock_wait_s: float | None = None
         code = f" [SQLSTATE {sqlstate}]" if sqlstate else ""
         super().__init__(f"refresh of {view} failed{code}: {message}")
 

@@ -291,9 +291,10 @@ def record_failure(
     """
     method: str | None = None
     duration_s: float | None = None
+    lock_wait_s: float | None = None
     if isinstance(error, RefreshError):
         sqlstate, message = error.sqlstate, error.message
-        method, duration_s = error.method, error.duration_s
+        method, duration_s, lock_wait_s = error.method, error.duration_s, error.lock_wait_s
     elif isinstance(error, psycopg.Error):
         sqlstate = error.sqlstate
         primary = error.diag.message_primary if error.diag else None
@@ -318,7 +319,7 @@ def record_failure(
             "rows_before": None,
             "rows_after": None,
             "size_bytes": None,
-            "lock_wait_ms": None,
+            "lock_wait_ms": None if lock_wait_s is None else lock_wait_s * 1000.0,
             "status": "failure",
             "sqlstate": sqlstate,
             "error_message": message,

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -24,6 +25,7 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from mv_orchestration.core.locks import LockWait, LockWaitMonitor, sibling_connect
 from mv_orchestration.core.sql import advisory_key, qualname, relation
 from mv_orchestration.errors import (
     LockTimeoutError,
@@ -49,6 +51,8 @@ class RefreshOptions:
     # readers wait).
     method: MethodPreference = "auto"
     count_rows: bool = True
+    # Watch the refresh from a second session to measure its lock waits (core/locks.py).
+    measure_lock_wait: bool = True
 
 
 @dataclass(frozen=True)
@@ -145,24 +149,49 @@ def refresh_view(
     options: RefreshOptions | None = None,
     *,
     on_retry: Callable[[RefreshError, int, float], None] | None = None,
+    lock_monitor: LockWaitMonitor | None = None,
 ) -> RefreshResult:
     """Refresh ``schema.name`` on ``conn`` (autocommit, idle); raise :class:`RefreshError`.
 
     ``on_retry(error, attempt, delay_s)`` is told before each retry after a lock timeout.
+    Lock waits are measured by ``lock_monitor`` (watching ``conn``'s backend), or with
+    ``options.measure_lock_wait`` by a monitor opened for this call; the result's (or the
+    error's) ``lock_wait_s`` is the total over every attempt.
     """
     opts = options or RefreshOptions()
+    monitor = lock_monitor
+    own_monitor: LockWaitMonitor | None = None
+    if monitor is None and opts.measure_lock_wait:
+        monitor = own_monitor = LockWaitMonitor(
+            sibling_connect(conn, "mvo lock monitor"), conn.info.backend_pid
+        )
+    waited: float | None = 0.0 if monitor is not None else None
     attempt = 1
-    while True:
-        try:
-            return _refresh_once(conn, schema, name, opts, attempt)
-        except LockTimeoutError as exc:
-            if attempt > opts.lock_retries:
-                raise
-            delay = opts.retry_backoff_s * (2 ** (attempt - 1))
-            if on_retry is not None:
-                on_retry(exc, attempt, delay)
-            time.sleep(delay)
-            attempt += 1
+    try:
+        while True:
+            wait = LockWait()
+            try:
+                with monitor.watch() if monitor is not None else nullcontext(wait) as wait:
+                    result = _refresh_once(conn, schema, name, opts, attempt)
+            except RefreshError as exc:
+                waited = _plus(waited, wait.seconds)
+                exc.lock_wait_s = waited
+                if not isinstance(exc, LockTimeoutError) or attempt > opts.lock_retries:
+                    raise
+                delay = opts.retry_backoff_s * (2 ** (attempt - 1))
+                if on_retry is not None:
+                    on_retry(exc, attempt, delay)
+                time.sleep(delay)
+                attempt += 1
+                continue
+            return replace(result, lock_wait_s=_plus(waited, wait.seconds))
+    finally:
+        if own_monitor is not None:
+            own_monitor.close()
+
+
+def _plus(total: float | None, seconds: float | None) -> float | None:
+    return None if total is None or seconds is None else total + seconds
 
 
 def _refresh_once(
@@ -195,9 +224,6 @@ def _refresh_once(
                 raise RefreshInProgressError(
                     view, "another refresh of this view is running", method=method
                 )
-            # LOCK TABLE is not allowed on materialized views, so the wait for REFRESH's own
-            # lock cannot be isolated from the same session; lock_wait_s stays None here.
-            lock_wait: float | None = None
             rows_before: int | None = None
             if opts.count_rows and populated:
                 rows_before = _count(cur, schema, name)
@@ -245,7 +271,7 @@ def _refresh_once(
         started_at=started_at,
         finished_at=datetime.now(UTC),
         duration_s=duration,
-        lock_wait_s=lock_wait,
+        lock_wait_s=None,  # filled in by refresh_view from the lock monitor
         rows_before=rows_before,
         rows_after=rows_after,
         size_bytes=size,

@@ -6,6 +6,7 @@ refresh fails, the MVs downstream of it in the same run are skipped (not refresh
 inputs), the others still refresh, and the step fails naming every failure.
 """
 
+import contextlib
 import re
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ from psycopg import sql
 from mv_orchestration.core import history
 from mv_orchestration.core.catalog import CatalogSnapshot, RelationRef
 from mv_orchestration.core.graph import LineageGraph
+from mv_orchestration.core.locks import LockWaitMonitor, sibling_connect
 from mv_orchestration.core.refresh import RefreshResult, refresh_view
 from mv_orchestration.core.sql import relation
 from mv_orchestration.errors import MvoError, RefreshError
@@ -84,6 +86,8 @@ def failure_metadata(exc: RefreshError) -> dict[str, Any]:
         meta["sqlstate"] = exc.sqlstate
     if exc.method:
         meta["method"] = exc.method
+    if exc.lock_wait_s is not None:
+        meta["lock_wait_s"] = dg.MetadataValue.float(round(exc.lock_wait_s, 6))
     if exc.blocking_pids:
         meta["blocking_pids"] = ", ".join(map(str, exc.blocking_pids))
         meta["lock_holders"] = dg.MetadataValue.md("\n".join(f"- {h}" for h in exc.lock_holders))
@@ -197,7 +201,17 @@ def build_refresh_assets(
         blocked: dict[RelationRef, list[str]] = {}
         skipped: list[RelationRef] = []
         total = len(order)
-        with db.connection() as conn:
+        with db.connection() as conn, contextlib.ExitStack() as stack:
+            # one lock-wait monitor (and at most one extra connection) for the whole step
+            monitor = (
+                stack.enter_context(
+                    LockWaitMonitor(
+                        sibling_connect(conn, "mvo lock monitor"), conn.info.backend_pid
+                    )
+                )
+                if db.refresh_options.measure_lock_wait
+                else None
+            )
             if history_schema is not None:
                 history.ensure_history(conn, history_schema)
             for i, ref in enumerate(order, start=1):
@@ -221,6 +235,7 @@ def build_refresh_assets(
                         ref.name,
                         db.refresh_options,
                         on_retry=lambda e, n, d: context.log.warning(f"{e}; retry {n} in {d:.1f}s"),
+                        lock_monitor=monitor,
                     )
                 except MvoError as exc:
                     failed[ref] = exc

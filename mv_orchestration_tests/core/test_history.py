@@ -197,7 +197,8 @@ def test_success_row_carries_refresh_figures(sales: psycopg.Connection[Any]) -> 
     assert row["size_bytes"] == result.size_bytes > 0
     assert row["started_at"] == result.started_at and row["finished_at"] == result.finished_at
     assert row["duration_ms"] == pytest.approx(result.duration_s * 1000)
-    assert row["lock_wait_ms"] is None and row["attempts"] == 1
+    # nothing stood in the refresh's way
+    assert row["lock_wait_ms"] == 0.0 and row["attempts"] == 1
 
 
 def test_failure_row_for_division_by_zero(hist: psycopg.Connection[Any]) -> None:
@@ -258,8 +259,11 @@ def test_failure_row_for_lock_timeout(sales: psycopg.Connection[Any]) -> None:
     assert row["status"] == "failure" and row["sqlstate"] == "55P03"
     assert "lock timeout" in row["error_message"]
     assert row["method"] == "blocking" and row["run_id"] == "run-2"
-    # waited out the whole 100 ms lock_timeout before giving up
+    # waited out the whole 100 ms lock_timeout before giving up, all of it for the lock
     assert row["duration_ms"] >= 95
+    assert info.value.lock_wait_s is not None
+    assert row["lock_wait_ms"] == pytest.approx(info.value.lock_wait_s * 1000)
+    assert 90 <= row["lock_wait_ms"] <= row["duration_ms"] + 30
 
 
 def test_failure_row_for_other_exceptions(hist: psycopg.Connection[Any]) -> None:

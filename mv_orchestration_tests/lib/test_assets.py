@@ -109,6 +109,7 @@ def test_materialize_chain_in_dependency_order(
     assert sales["method"].value == "concurrently"
     assert sales["dagster/row_count"].value == 3 and sales["rows_before"].value == 2
     assert sales["duration_s"].value > 0 and sales["size_bytes"].value > 0
+    assert sales["lock_wait_s"].value == 0.0  # measured, and nothing was in the way
     assert "apac" in sales["preview"].value
     assert mats[1].metadata["method"].value == "blocking"
     assert shop.execute("SELECT total FROM shop.mv_grand").fetchone() == (22,)
@@ -159,6 +160,8 @@ def test_lock_timeout_fails_run_with_holder(
     meta = failure.step_failure_data.user_failure_data.metadata
     assert meta["sqlstate"].value == "55P03"
     assert meta["blocking_pids"].value == str(holder)
+    # the whole 100 ms lock_timeout was spent waiting for the lock, measured by the monitor
+    assert 0.09 <= meta["lock_wait_s"].value < 1
 
 
 def test_snapshot_cache_when_database_is_down(
