@@ -6,20 +6,45 @@ which reads the catalog (or its cached copy when the database is unreachable).
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from datetime import timedelta
 
 import dagster as dg
 
 from mv_orchestration.lib.alerting import Notifier
 from mv_orchestration.lib.defs import DatabaseTarget, build_definitions, default_translator
-from mv_orchestration.lib.policies import load_policies
+from mv_orchestration.lib.policies import AlertRoutes, PolicyFile, load_policies
 from mv_orchestration.lib.resource import PostgresResource
 from mv_orchestration.lib.snapshot import load_snapshot
 from mv_orchestration.settings import Settings
 
 
-def build_from_settings(settings: Settings) -> dg.Definitions:
-    """Definitions for the database in ``settings`` (see the README's Configuration)."""
+def build_notifier(
+    settings: Settings, policies: PolicyFile | None, environ: Mapping[str, str]
+) -> Notifier | None:
+    """Global destinations from ``MVO_ALERT_URLS`` and ``defaults.alerts``, per-group ones
+    from ``groups.<g>.alerts``; None when there are none at all.
+
+    ``environ`` holds the variables the policy file's ``{env: NAME}`` entries name; an unset
+    or empty one is a ``ConfigError``, so the code location fails to load rather than drop
+    alerts.
+    """
+    routes = policies.alert_routes(environ) if policies is not None else AlertRoutes()
+    urls = (*settings.alert_urls, *routes.urls)
+    if not urls and not routes.group_urls:
+        return None
+    return Notifier(urls, routes.group_urls)
+
+
+def build_from_settings(
+    settings: Settings, environ: Mapping[str, str] | None = None
+) -> dg.Definitions:
+    """Definitions for the database in ``settings`` (see the README's Configuration).
+
+    ``environ`` (default: the process environment) resolves the policy file's alert
+    variables.
+    """
     history_schemas = [settings.history_schema] if settings.history_schema else []
     snapshot = load_snapshot(
         settings.database_url,
@@ -46,7 +71,7 @@ def build_from_settings(settings: Settings) -> dg.Definitions:
     return build_definitions(
         [(target, snapshot)],
         automation_running=settings.automation_running,
-        notifier=Notifier(settings.alert_urls) if settings.alert_urls else None,
+        notifier=build_notifier(settings, policies, os.environ if environ is None else environ),
         ui_base_url=settings.ui_base_url,
     )
 

@@ -1,4 +1,8 @@
-"""Settings read from the environment (the only module besides the CLI that reads it)."""
+"""Settings read from the environment (the only module besides the CLI that reads it).
+
+The variables a policy file's ``alerts: [{env: NAME}]`` entries name are read where the
+definitions are built (``definitions.build_from_settings``), from the same environment.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mv_orchestration.errors import ConfigError
+from mv_orchestration.lib.alerting import split_urls, url_problem
 
 
 def _csv(name: str) -> tuple[str, ...] | None:
@@ -46,6 +51,17 @@ def _policies_path() -> Path | None:
     if not path.is_file():
         raise ConfigError(f"MVO_POLICIES={raw!r}: no such file")
     return path
+
+
+def _alert_urls() -> tuple[str, ...]:
+    """``MVO_ALERT_URLS``: apprise URLs (slack://…, mailto://…, json://host/path), space- or
+    comma-separated. An invalid one is named by position and scheme, never quoted."""
+    urls = split_urls(os.environ.get("MVO_ALERT_URLS", ""))
+    for i, url in enumerate(urls):
+        problem = url_problem(url)
+        if problem is not None:
+            raise ConfigError(f"MVO_ALERT_URLS: URL #{i + 1} is {problem}")
+    return urls
 
 
 def _history_schema() -> str | None:
@@ -94,9 +110,6 @@ class Settings:
             history_retention_days=_float("MVO_HISTORY_RETENTION_DAYS", 30.0),
             automation_running=_flag("MVO_AUTOMATION", default=True),
             policies_path=_policies_path(),
-            # apprise URLs (slack://…, mailto://…, json://host/path), space- or comma-separated
-            alert_urls=tuple(
-                u for u in os.environ.get("MVO_ALERT_URLS", "").replace(",", " ").split() if u
-            ),
+            alert_urls=_alert_urls(),
             ui_base_url=os.environ.get("MVO_UI_BASE_URL", "").strip().rstrip("/") or None,
         )

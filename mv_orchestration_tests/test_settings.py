@@ -48,12 +48,47 @@ def test_environment_reaches_the_definitions(
     assert {"mvo_freshness_alerts", "mvo_refresh_failures"} <= {s.name for s in quiet.sensors or []}
 
 
+def test_policy_file_alerts_alone_create_the_alert_sensors(
+    demo_env: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    instance: dg.DagsterInstance,
+) -> None:
+    demo = (Path(data.__file__).parent / "policies.yaml").read_text()
+    policies = tmp_path / "policies.yaml"
+    policies.write_text(
+        demo.replace("  saas:\n", "  saas:\n    alerts: [{env: MVO_TEST_SAAS_ALERTS}]\n", 1)
+    )
+    monkeypatch.setenv("MVO_POLICIES", str(policies))
+    monkeypatch.delenv("MVO_TEST_SAAS_ALERTS", raising=False)
+    # configured but unset: the load fails loudly instead of dropping saas's alerts
+    with pytest.raises(ConfigError) as info:
+        build_from_settings(Settings.from_env())
+    assert str(info.value) == (
+        f"{policies}: groups.saas.alerts[0].env: environment variable MVO_TEST_SAAS_ALERTS "
+        "is not set"
+    )
+    # set: alert sensors without MVO_ALERT_URLS; only saas's views are watched for freshness
+    monkeypatch.setenv("MVO_TEST_SAAS_ALERTS", "json://127.0.0.1:9/saas")
+    defs = build_from_settings(Settings.from_env())
+    sensors = {s.name: s for s in defs.sensors or []}
+    assert {"mvo_freshness_alerts", "mvo_refresh_failures"} <= set(sensors)
+    tick = sensors["mvo_freshness_alerts"](dg.build_sensor_context(instance=instance))
+    assert isinstance(tick, dg.SkipReason)
+    assert tick.skip_message == "1 assets watched; 0 alerts sent"  # saas.platform_metrics
+
+
 @pytest.mark.parametrize(
     ("name", "value", "message"),
     [
         ("MVO_AUTOMATION", "maybe", "MVO_AUTOMATION='maybe': expected on or off"),
         ("MVO_LOCK_TIMEOUT_S", "soon", "MVO_LOCK_TIMEOUT_S='soon' is not a number"),
         ("MVO_POLICIES", "/nonexistent.yaml", "MVO_POLICIES='/nonexistent.yaml': no such file"),
+        (
+            "MVO_ALERT_URLS",
+            "json://127.0.0.1:9/a,slack://T000/s3cretB/",
+            "MVO_ALERT_URLS: URL #2 is not a valid apprise URL (scheme 'slack')",
+        ),
     ],
 )
 def test_bad_settings_are_one_line(

@@ -8,7 +8,8 @@ recovery), nothing repeats per tick, and a daemon restart loses nothing: the cur
 after a notification was delivered, so a failed delivery is retried on the next tick.
 
 Destinations are apprise URLs (``slack://…``, ``msteams://…``, ``mailto://…``,
-``pagerduty://…``, ``json://host/path`` …). They hold secrets and are never logged.
+``pagerduty://…``, ``json://host/path`` …). They hold secrets and are never logged: not by
+this module, and not by apprise while a URL is validated (it would quote the URL).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeAlias
@@ -44,6 +46,43 @@ _STALE = ("WARN", "FAIL")
 
 
 # --- destinations ---------------------------------------------------------------------------
+def split_urls(text: str) -> tuple[str, ...]:
+    """The apprise URLs in ``text``, separated by commas and/or whitespace.
+
+    The one parser for ``MVO_ALERT_URLS`` and the variables a policy file's ``alerts`` name.
+    """
+    return tuple(text.replace(",", " ").split())
+
+
+_validating: ContextVar[bool] = ContextVar("mvo_validating_apprise_url", default=False)
+
+
+class _MuteWhileValidating(logging.Filter):
+    """Drops apprise's own log records while a URL is being validated: they quote the URL."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _validating.get()
+
+
+logging.getLogger("apprise").addFilter(_MuteWhileValidating())
+
+
+def url_problem(url: str) -> str | None:
+    """None for a valid apprise URL, else why not: ``not a valid apprise URL (scheme 'x')``.
+
+    The reason names the scheme at most, never the URL, so it can go into errors and logs.
+    """
+    token = _validating.set(True)
+    try:
+        ok = bool(apprise.Apprise().add(url))
+    finally:
+        _validating.reset(token)
+    if ok:
+        return None
+    scheme = url.split("://", 1)[0] if "://" in url else "?"
+    return f"not a valid apprise URL (scheme {scheme!r})"
+
+
 class Notifier:
     """Sends notifications through apprise to global and per-group destinations.
 
@@ -59,12 +98,9 @@ class Notifier:
         self._group_urls = {g: tuple(dict.fromkeys(u)) for g, u in (group_urls or {}).items()}
         for where, url_list in [("urls", self._urls), *self._group_urls.items()]:
             for i, url in enumerate(url_list):
-                if not apprise.Apprise().add(url):
-                    scheme = url.split("://", 1)[0] if "://" in url else "?"
-                    raise ValueError(
-                        f"notification destination #{i + 1} of {where!r} is not a valid "
-                        f"apprise URL (scheme {scheme!r})"
-                    )
+                problem = url_problem(url)
+                if problem is not None:
+                    raise ValueError(f"notification destination #{i + 1} of {where!r} is {problem}")
 
     @property
     def groups(self) -> frozenset[str]:
@@ -260,7 +296,11 @@ def run_failure_alert(
 # --- which assets, which groups, which names -------------------------------------------------
 @dataclass(frozen=True)
 class AlertTargets:
-    """Assets to watch, their groups (for routing) and display names (the views)."""
+    """Assets to watch for freshness, and every asset's group (for routing) and display name.
+
+    ``group_of`` and ``labels`` cover every asset, not only the watched ones: a failed refresh
+    of a view without a freshness policy still alerts its group.
+    """
 
     asset_keys: tuple[dg.AssetKey, ...]
     group_of: Mapping[dg.AssetKey, str]
@@ -268,7 +308,8 @@ class AlertTargets:
 
 
 def alert_targets(specs: Iterable[dg.AssetSpec]) -> AlertTargets:
-    """The assets that have a freshness policy, e.g. from ``defs.resolve_all_asset_specs()``.
+    """From e.g. ``defs.resolve_all_asset_specs()``: the assets with a freshness policy (to
+    watch), and the Dagster group and label of every asset.
 
     Labels come from the ``postgres/relation`` metadata the translator sets on every MV.
     """
@@ -276,9 +317,8 @@ def alert_targets(specs: Iterable[dg.AssetSpec]) -> AlertTargets:
     groups: dict[dg.AssetKey, str] = {}
     labels: dict[dg.AssetKey, str] = {}
     for spec in specs:
-        if spec.freshness_policy is None:
-            continue
-        keys.append(spec.key)
+        if spec.freshness_policy is not None:
+            keys.append(spec.key)
         if spec.group_name:
             groups[spec.key] = spec.group_name
         relation = _meta_text(spec.metadata, "postgres/relation")
@@ -363,9 +403,11 @@ def build_freshness_alert_sensor(
     with the state last notified (kept in the cursor): →WARN and →FAIL alert, WARN/FAIL→PASS
     alerts a recovery; other changes (to UNKNOWN, NOT_APPLICABLE, first PASS) are recorded
     silently. An asset's cursor entry advances only when its notification was delivered.
+    Assets whose alerts would reach no destination (no global one, none for their group) are
+    not watched.
     """
-    keys = list(dict.fromkeys(asset_keys))
     groups = dict(group_of or {})
+    keys = [k for k in dict.fromkeys(asset_keys) if notifier.has_destinations(groups.get(k))]
     names = dict(labels or {})
 
     @dg.sensor(
@@ -454,7 +496,8 @@ def build_refresh_failure_sensor(
     """A run failure sensor that alerts once per failed run, naming the view(s) and error.
 
     ``monitored_jobs=None`` watches every job of the code location. The alert goes to the
-    global destinations plus the groups of the failing views (or of the run's assets).
+    global destinations plus the groups of the failing views (or of the run's assets); when
+    that is no destination at all (only other groups have some), nothing is sent.
 
     Dagster's run status sensors advance their cursor past a run even when the sensor function
     raises, so an undeliverable failure alert is reported as a failed tick, not retried.
@@ -482,6 +525,9 @@ def build_refresh_failure_sensor(
         failing_keys = [key_of_view[f.view] for f in failures if f.view and f.view in key_of_view]
         keys = failing_keys or list(run.asset_selection or ())
         alert_groups = sorted({groups[k] for k in keys if k in groups})
+        if not notifier.has_destinations(alert_groups):
+            context.log.info(f"no destination for group(s) {alert_groups}: {alert.title}")
+            return
         if not notifier.send(alert.title, alert.body, group=alert_groups, severity=alert.severity):
             raise RuntimeError(f"failure alert for run {run.run_id} was not delivered")
         context.log.info(f"sent: {alert.title}")

@@ -79,7 +79,9 @@ def build_definitions(
     """Assets, checks, schedules and sensors for every target.
 
     With a policy file on a target's translator: its schedules, its change-driven sensor, its
-    freshness policies and check thresholds. With a ``notifier``: freshness and failure alerts.
+    freshness policies and check thresholds. With a ``notifier``: freshness and failure alerts,
+    routed by each view's Dagster group (``Notifier(group_urls=...)``, keyed like the policy
+    file's ``groups``); views whose alerts would reach no destination are not watched.
     ``automation_running`` starts schedules and sensors by default (Dagster's default is off).
     """
     assets: list[dg.AssetsDefinition | dg.AssetSpec] = []
@@ -164,10 +166,13 @@ def build_definitions(
             default_status=sensor_status,
         )
     ]
-    if targets_.asset_keys:
+    watched = [
+        k for k in targets_.asset_keys if notifier.has_destinations(targets_.group_of.get(k))
+    ]
+    if watched:
         alert_sensors.append(
             build_freshness_alert_sensor(
-                targets_.asset_keys,
+                watched,
                 notifier,
                 group_of=targets_.group_of,
                 labels=targets_.labels,

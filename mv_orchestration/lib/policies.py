@@ -9,10 +9,14 @@ Format (every section and key is optional)::
       owners: []         # e-mails or team:name
       tags: {}           # Dagster asset tags
       checks: {}         # free-form thresholds for asset checks
+      alerts: []         # apprise destinations of every alert, besides MVO_ALERT_URLS (below)
     groups:              # keyed by Dagster group name (= schema by default); same keys as defaults
       mes:
         schedules:
           - {cron: "*/2 6-22 * * *", timezone: "Asia/Seoul"}
+        alerts:          # alerts of this group's views also go here
+          - {env: MVO_ALERTS_MES}           # a variable holding one or more apprise URLs
+          - "json://alerts.internal/mvo"    # a literal URL, for destinations without a secret
     views:               # keyed by "schema.name" or a glob like "marketing.*_aggregations"
       marketing.weekly_aggregations:
         schedules: [{cron: "0 4 * * 1", timezone: "UTC"}]
@@ -23,6 +27,14 @@ One MV's policy is built from defaults, then its group, then every matching ``vi
 merge (``checks`` recursively). ``freshness`` is replaced as a whole, so ``warn`` always stays
 below ``fail``. A ``group:`` in a matching ``views`` entry moves the view, and the settings of
 that group apply instead of the old one's. An empty key (``schedules:``) means empty.
+
+``alerts`` (in ``defaults`` and ``groups`` only) add up instead: an alert about a view goes to
+``MVO_ALERT_URLS``, ``defaults.alerts`` and the alerts of the view's group (after any move).
+Each entry is a literal apprise URL or ``{env: NAME}``, the name of an environment variable
+holding one or more URLs (comma/whitespace separated, like ``MVO_ALERT_URLS``), so secret
+webhook URLs stay out of the file. Literal URLs are checked when the file is parsed; the
+variables when the definitions load (:meth:`PolicyFile.alert_routes`), where an unset or empty
+variable is an error: configured alerts never silently go nowhere.
 
 Every error is a :class:`ConfigError` of one line, ``<file>: <key path>: <reason>``, e.g.
 ``policies.yaml: views."mes.mv_x".schedules[1].cron: invalid cron expression '*/99 * * * *'``
@@ -50,8 +62,11 @@ from dagster._utils.tags import is_valid_strict_tag_value, is_valid_tag_key
 
 from mv_orchestration.core.catalog import CatalogSnapshot, RelationRef
 from mv_orchestration.errors import ConfigError
+from mv_orchestration.lib.alerting import split_urls, url_problem
 
 __all__ = [
+    "AlertDestination",
+    "AlertRoutes",
     "Freshness",
     "PolicyFile",
     "Schedule",
@@ -63,7 +78,10 @@ __all__ = [
 
 _TOP_KEYS = ("defaults", "groups", "views")
 _POLICY_KEYS = ("checks", "freshness", "on_change", "owners", "schedules", "tags")
+_LAYER_KEYS = (*_POLICY_KEYS, "alerts")  # defaults and groups
 _VIEW_KEYS = (*_POLICY_KEYS, "group")
+_ALERT_KEYS = ("env",)
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SCHEDULE_KEYS = ("cron", "timezone")
 _FRESHNESS_KEYS = ("fail", "warn")
 _DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
@@ -105,6 +123,26 @@ class ViewPolicy:
     group: str | None = None
 
 
+@dataclass(frozen=True)
+class AlertDestination:
+    """One entry of an ``alerts`` list: a literal apprise URL, or the name of an environment
+    variable holding one or more."""
+
+    url: str | None = field(default=None, repr=False)
+    env: str | None = None
+
+
+@dataclass(frozen=True)
+class AlertRoutes:
+    """Resolved destinations: ``urls`` receive every alert, ``group_urls[g]`` those of group g.
+
+    Made for :class:`~mv_orchestration.lib.alerting.Notifier`; the URLs stay out of ``repr``.
+    """
+
+    urls: tuple[str, ...] = field(default=(), repr=False)
+    group_urls: Mapping[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
+
+
 Layer = Mapping[str, Any]  # the keys one section sets, already validated and converted
 
 
@@ -138,6 +176,8 @@ class PolicyFile:
         values: dict[str, Any] = {}
         for layer in layers:
             for key, value in layer.items():
+                if key == "alerts":
+                    continue  # routed per group by alert_routes, not part of a view's policy
                 if key == "tags":
                     values[key] = {**values.get(key, {}), **value}
                 elif key == "checks":
@@ -179,6 +219,44 @@ class PolicyFile:
                     ["groups", key],
                     f"matches no group of materialized views (groups: {', '.join(groups)})",
                 )
+
+    def alert_routes(self, environ: Mapping[str, str]) -> AlertRoutes:
+        """The destinations of ``defaults.alerts`` (every alert) and of each group's ``alerts``.
+
+        ``{env: NAME}`` entries are read from ``environ`` (the process environment, when the
+        definitions load). An unset or empty variable, or one holding an invalid URL, is a
+        :class:`ConfigError` naming the file, the key and the variable, never a URL.
+        """
+        urls = self._alert_urls(self.defaults, ["defaults"], environ)
+        groups = {
+            name: self._alert_urls(layer, ["groups", name], environ)
+            for name, layer in self.groups.items()
+        }
+        return AlertRoutes(urls=urls, group_urls={g: u for g, u in groups.items() if u})
+
+    def _alert_urls(
+        self, layer: Layer, where: KeyPath, environ: Mapping[str, str]
+    ) -> tuple[str, ...]:
+        out: list[str] = []
+        destination: AlertDestination
+        for i, destination in enumerate(layer.get("alerts", ())):
+            if destination.env is None:
+                assert destination.url is not None
+                out.append(destination.url)
+                continue
+            at = [*where, "alerts", i, "env"]
+            raw = environ.get(destination.env)
+            if raw is None:
+                raise self._error(at, f"environment variable {destination.env} is not set")
+            urls = split_urls(raw)
+            if not urls:
+                raise self._error(at, f"environment variable {destination.env} is empty")
+            for n, url in enumerate(urls):
+                problem = url_problem(url)
+                if problem is not None:
+                    raise self._error(at, f"URL #{n + 1} in {destination.env} is {problem}")
+            out.extend(urls)
+        return tuple(out)
 
     def _error(self, where: KeyPath, reason: str) -> ConfigError:
         return ConfigError(f"{self.path}: {format_key_path(where)}: {reason}")
@@ -359,9 +437,9 @@ class _Parser:
             raise self.error([], f"expected a mapping, got {_type_name(data)}")
         top = self.mapping(data, [])
         self.keys(top, [], _TOP_KEYS)
-        defaults = self.layer(top.get("defaults"), ["defaults"], _POLICY_KEYS)
+        defaults = self.layer(top.get("defaults"), ["defaults"], _LAYER_KEYS)
         groups = {
-            name: self.layer(value, ["groups", name], _POLICY_KEYS)
+            name: self.layer(value, ["groups", name], _LAYER_KEYS)
             for name, value in self.mapping(top.get("groups"), ["groups"]).items()
         }
         views = tuple(
@@ -372,6 +450,12 @@ class _Parser:
 
     def layer(self, value: object, where: KeyPath, allowed: Sequence[str]) -> dict[str, Any]:
         raw = self.mapping(value, where)
+        if "alerts" in raw and "alerts" not in allowed:
+            raise self.error(
+                [*where, "alerts"],
+                "alerts are routed per group, not per view: set groups.<group>.alerts "
+                "(a view's group: can move it to a group of its own)",
+            )
         self.keys(raw, where, allowed)
         out: dict[str, Any] = {}
         for key, item in raw.items():
@@ -390,6 +474,8 @@ class _Parser:
                 out[key] = self.tags(item, at)
             elif key == "checks":
                 out[key] = self.mapping(item, at)
+            elif key == "alerts":
+                out[key] = self.alerts(item, at)
             elif key == "group":
                 name = self.string(item, at)
                 if not _GROUP_NAME.fullmatch(name):
@@ -418,6 +504,38 @@ class _Parser:
             schedule = Schedule(cron, tz)
             if schedule not in out:
                 out.append(schedule)
+        return tuple(out)
+
+    def alerts(self, value: object, where: KeyPath) -> tuple[AlertDestination, ...]:
+        out: list[AlertDestination] = []
+        for i, item in enumerate(self.sequence(value, where)):
+            at = [*where, i]
+            if isinstance(item, str):
+                urls = split_urls(item)
+                if len(urls) != 1:
+                    got = f"{len(urls)}" if urls else "none"
+                    raise self.error(at, f"expected one apprise URL per entry, got {got}")
+                problem = url_problem(urls[0])
+                if problem is not None:
+                    raise self.error(at, problem)
+                out.append(AlertDestination(url=urls[0]))
+            elif isinstance(item, dict):
+                raw = self.mapping(item, at)
+                self.keys(raw, at, _ALERT_KEYS)
+                if "env" not in raw:
+                    raise self.error(at, "missing key 'env'")
+                name = self.string(raw["env"], [*at, "env"])
+                if not _ENV_NAME.fullmatch(name):
+                    raise self.error(
+                        [*at, "env"],
+                        f"invalid environment variable name {name!r} "
+                        "(letters, digits and _, not starting with a digit)",
+                    )
+                out.append(AlertDestination(env=name))
+            else:
+                raise self.error(
+                    at, f"expected an apprise URL or {{env: NAME}}, got {_type_name(item)}"
+                )
         return tuple(out)
 
     def duration(self, value: object, where: KeyPath) -> timedelta:

@@ -8,6 +8,7 @@ Notifications go through apprise to a local HTTP receiver.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import sys
@@ -35,6 +36,7 @@ from dagster._daemon.freshness import FreshnessDaemon
 from dagster._daemon.sensor import execute_sensor_iteration
 
 from mv_orchestration.core.catalog import read_catalog
+from mv_orchestration.definitions import build_from_settings
 from mv_orchestration.lib.alerting import (
     Notifier,
     RefreshFailure,
@@ -49,6 +51,7 @@ from mv_orchestration.lib.alerting import (
 )
 from mv_orchestration.lib.defs import DatabaseTarget, build_definitions, default_translator
 from mv_orchestration.lib.resource import PostgresResource
+from mv_orchestration.settings import Settings
 
 K = dg.AssetKey
 SALES = K(["shop", "mv_sales"])
@@ -109,6 +112,14 @@ def alerting_definitions(db_url: str, alert_url: str) -> dg.Definitions:
     # in-process steps: events are stamped with the (frozen) clock of this process
     extra = dg.Definitions(sensors=sensors, executor=dg.in_process_executor)
     return dg.Definitions.merge(assets, extra)
+
+
+def settings_definitions() -> dg.Definitions:
+    """The code location as Dagster loads it (environment → Settings → Definitions), with
+    in-process steps."""
+    return dg.Definitions.merge(
+        build_from_settings(Settings.from_env()), dg.Definitions(executor=dg.in_process_executor)
+    )
 
 
 # --- a local webhook receiver -----------------------------------------------------------------
@@ -230,10 +241,23 @@ class Harness:
 def harness(
     instance: dg.DagsterInstance, tmp_path: Path, db_url: str, alert_url: str
 ) -> Iterator[Harness]:
-    code = tmp_path / "alerting_location.py"
+    with code_location(instance, tmp_path, f"alerting_definitions({db_url!r}, {alert_url!r})") as h:
+        yield h
+
+
+_locations = itertools.count()
+
+
+@contextmanager
+def code_location(instance: dg.DagsterInstance, tmp_path: Path, call: str) -> Iterator[Harness]:
+    """A workspace whose code location is ``defs = <call>`` of a function of this module.
+
+    Each call writes a new file: Dagster caches a loaded file's module by name and path, so
+    reusing one would reuse the definitions it built before.
+    """
+    code = tmp_path / f"alerting_location_{next(_locations)}.py"
     code.write_text(
-        "from mv_orchestration_tests.lib.test_alerting import alerting_definitions\n"
-        f"defs = alerting_definitions({db_url!r}, {alert_url!r})\n"
+        f"from mv_orchestration_tests.lib import test_alerting\ndefs = test_alerting.{call}\n"
     )
     origin = InProcessCodeLocationOrigin(
         LoadableTargetOrigin(
@@ -382,6 +406,163 @@ def test_failed_refresh_run_alerts_once_with_view_and_sqlstate(
         assert receiver.take() == []
 
 
+# --- routing by group: policy file + environment, through build_from_settings -----------------
+FIN_SALES = K(["fin", "mv_sales"])
+FIN_RATIO = K(["fin", "mv_ratio"])
+OPS_EVENTS = K(["ops", "mv_events"])
+OPS_RATIO = K(["ops", "mv_ratio"])
+
+ROUTING_DDL = """
+CREATE SCHEMA fin;
+CREATE TABLE fin.orders (id serial PRIMARY KEY, region text NOT NULL, amount int NOT NULL);
+INSERT INTO fin.orders (region, amount) VALUES ('eu', 10), ('us', 5);
+CREATE MATERIALIZED VIEW fin.mv_sales AS
+    SELECT region, sum(amount) AS total FROM fin.orders GROUP BY region;
+CREATE UNIQUE INDEX ON fin.mv_sales (region);
+CREATE TABLE fin.divisors (d int);
+INSERT INTO fin.divisors VALUES (1);
+CREATE MATERIALIZED VIEW fin.mv_ratio AS SELECT 100 / d AS r FROM fin.divisors;
+CREATE SCHEMA ops;
+CREATE TABLE ops.events (id serial PRIMARY KEY, kind text NOT NULL);
+INSERT INTO ops.events (kind) VALUES ('a'), ('b');
+CREATE MATERIALIZED VIEW ops.mv_events AS SELECT kind, count(*) AS n FROM ops.events GROUP BY kind;
+CREATE UNIQUE INDEX ON ops.mv_events (kind);
+CREATE TABLE ops.divisors (d int);
+INSERT INTO ops.divisors VALUES (1);
+CREATE MATERIALIZED VIEW ops.mv_ratio AS SELECT 100 / d AS r FROM ops.divisors;
+"""
+
+# Groups: fin (fin.*), oncall (ops.mv_events, moved there by the file), ops (ops.mv_ratio,
+# no destinations of its own). fin.mv_ratio has no freshness policy: failures still route.
+ROUTING_POLICIES = """
+defaults:
+  freshness: {warn: 10m, fail: 30m}
+  alerts: ["DEFAULTS_URL"]
+groups:
+  fin:
+    alerts: [{env: MVO_TEST_FIN_ALERTS}]
+  oncall:
+    alerts: [{env: MVO_TEST_ONCALL_ALERTS}]
+views:
+  fin.mv_ratio: {freshness: null}
+  ops.mv_events: {group: oncall}
+"""
+
+
+@pytest.fixture
+def routing_env(
+    db_url: str,
+    conn: psycopg.Connection[Any],
+    receiver: Receiver,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Path:
+    """Two schemas and the environment of a deployment: global URLs, per-group variables."""
+    conn.execute(ROUTING_DDL)
+    policies = tmp_path / "policies.yaml"
+    policies.write_text(ROUTING_POLICIES.replace("DEFAULTS_URL", receiver.url("defaults")))
+    for name, value in {
+        "DATABASE_URL": db_url,
+        "MVO_SCHEMAS": "fin,ops",
+        "MVO_STATE_DIR": str(tmp_path / "state"),
+        "MVO_HISTORY_SCHEMA": "off",
+        "MVO_POLICIES": str(policies),
+        "MVO_ALERT_URLS": receiver.url("global"),
+        "MVO_TEST_FIN_ALERTS": f"{receiver.url('fin1')}, {receiver.url('fin2')}",
+        "MVO_TEST_ONCALL_ALERTS": receiver.url("oncall"),
+    }.items():
+        monkeypatch.setenv(name, value)
+    for name in ("MVO_AUTOMATION", "MVO_EXCLUDE_SCHEMAS", "MVO_DATABASE_ALIAS"):
+        monkeypatch.delenv(name, raising=False)
+    return policies
+
+
+def _titles_by_path(delivered: list[dict[str, Any]]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for alert in delivered:
+        out.setdefault(alert["path"], []).append(alert["title"])
+    return {path: sorted(titles) for path, titles in out.items()}
+
+
+def test_freshness_alerts_reach_global_and_own_group_destinations_only(
+    routing_env: Path, instance: dg.DagsterInstance, receiver: Receiver, tmp_path: Path
+) -> None:
+    t0 = datetime.now(UTC).replace(microsecond=0)
+    with code_location(instance, tmp_path, "settings_definitions()") as h:
+        with freeze_time(t0):
+            h.tick_sensors()
+            run = h.materialize([FIN_SALES, OPS_EVENTS, OPS_RATIO])
+            assert run.status == DagsterRunStatus.SUCCESS
+        with freeze_time(t0 + timedelta(minutes=1)):
+            h.evaluate_freshness()
+            h.tick_sensors()
+        assert receiver.take() == []
+        with freeze_time(t0 + timedelta(minutes=11)):
+            h.evaluate_freshness()
+            assert {h.state(k) for k in (FIN_SALES, OPS_EVENTS, OPS_RATIO)} == {"WARN"}
+            h.tick_sensors()
+    sales = "[WARN] fin.mv_sales is getting stale"
+    events = "[WARN] ops.mv_events is getting stale"
+    ratio = "[WARN] ops.mv_ratio is getting stale"
+    assert _titles_by_path(receiver.take()) == {
+        "/global": sorted([sales, events, ratio]),  # MVO_ALERT_URLS: everything
+        "/defaults": sorted([sales, events, ratio]),  # defaults.alerts: everything
+        "/fin1": [sales],  # both URLs of the fin group's variable, fin's views only
+        "/fin2": [sales],
+        "/oncall": [events],  # the group ops.mv_events was moved to; ops has none
+    }
+
+
+def test_failure_alerts_route_by_the_failing_views_group(
+    routing_env: Path,
+    instance: dg.DagsterInstance,
+    receiver: Receiver,
+    tmp_path: Path,
+    conn: psycopg.Connection[Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    t0 = datetime.now(UTC).replace(microsecond=0)
+    conn.execute("UPDATE fin.divisors SET d = 0; UPDATE ops.divisors SET d = 0")
+    title = "[FAILED] refresh of {} failed (SQLSTATE 22012)"
+    with code_location(instance, tmp_path, "settings_definitions()") as h:
+        with freeze_time(t0):
+            h.tick_sensors()
+        with freeze_time(t0 + timedelta(minutes=1)):
+            assert h.materialize([FIN_RATIO]).status == DagsterRunStatus.FAILURE
+        with freeze_time(t0 + timedelta(minutes=2)):
+            h.tick_sensors()
+        # fin.mv_ratio has no freshness policy: routed by its group all the same
+        assert _titles_by_path(receiver.take()) == {
+            path: [title.format("fin.mv_ratio")]
+            for path in ("/global", "/defaults", "/fin1", "/fin2")
+        }
+
+    # only per-group destinations: a failure in a group without any sends nothing and does
+    # not fail the sensor's tick (the harness asserts that); fin's still reach fin's
+    routing_env.write_text(
+        "defaults: {freshness: {warn: 10m, fail: 30m}}\n"
+        "groups: {fin: {alerts: [{env: MVO_TEST_FIN_ALERTS}]}}\n"
+    )
+    monkeypatch.delenv("MVO_ALERT_URLS")
+    with code_location(instance, tmp_path, "settings_definitions()") as h:
+        with freeze_time(t0 + timedelta(minutes=3)):
+            h.tick_sensors()
+        with freeze_time(t0 + timedelta(minutes=4)):
+            assert h.materialize([OPS_RATIO]).status == DagsterRunStatus.FAILURE
+        attempts = receiver.attempts
+        with freeze_time(t0 + timedelta(minutes=5)):
+            h.tick_sensors()
+        assert receiver.attempts == attempts and receiver.take() == []
+        with freeze_time(t0 + timedelta(minutes=6)):
+            assert h.materialize([FIN_RATIO]).status == DagsterRunStatus.FAILURE
+        with freeze_time(t0 + timedelta(minutes=7)):
+            h.tick_sensors()
+        assert _titles_by_path(receiver.take()) == {
+            "/fin1": [title.format("fin.mv_ratio")],
+            "/fin2": [title.format("fin.mv_ratio")],
+        }
+
+
 # --- pieces -----------------------------------------------------------------------------------
 def test_notifier_routes_groups_in_addition_to_global(receiver: Receiver) -> None:
     notifier = Notifier(
@@ -400,10 +581,16 @@ def test_notifier_routes_groups_in_addition_to_global(receiver: Receiver) -> Non
     assert not Notifier([]).send("t", "b")
 
 
-def test_notifier_rejects_bad_url_without_echoing_it() -> None:
+def test_notifier_rejects_bad_url_without_echoing_it(caplog: pytest.LogCaptureFixture) -> None:
     with pytest.raises(ValueError, match="destination #2") as info:
         Notifier(["json://127.0.0.1/ok", "nosuchscheme://user:s3cret@host"])
     assert "s3cret" not in str(info.value)
+    with caplog.at_level(logging.DEBUG), pytest.raises(ValueError) as info:
+        Notifier([], {"fin": ["slack://T000/s3cretB/"]})
+    assert str(info.value) == (
+        "notification destination #1 of 'fin' is not a valid apprise URL (scheme 'slack')"
+    )
+    assert "s3cret" not in caplog.text  # apprise's own log quotes the URL: muted meanwhile
 
 
 def test_transitions() -> None:

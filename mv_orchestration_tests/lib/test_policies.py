@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import textwrap
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,6 +17,8 @@ from mv_orchestration.core.catalog import CatalogSnapshot, RelationRef
 from mv_orchestration.errors import ConfigError
 from mv_orchestration.lib.defs import default_translator
 from mv_orchestration.lib.policies import (
+    AlertDestination,
+    AlertRoutes,
     Freshness,
     PolicyFile,
     Schedule,
@@ -191,7 +194,7 @@ def test_freshness_policy() -> None:
 
 # --- errors -----------------------------------------------------------------------------------
 
-POLICY_KEYS = "checks, freshness, on_change, owners, schedules, tags"
+POLICY_KEYS = "alerts, checks, freshness, on_change, owners, schedules, tags"
 
 
 @pytest.mark.parametrize(
@@ -299,6 +302,58 @@ POLICY_KEYS = "checks, freshness, on_change, owners, schedules, tags"
             id="group-only-in-views",
         ),
         pytest.param(
+            "defaults: {alerts: {env: SLACK_URL}}",
+            "defaults.alerts: expected a list, got a mapping",
+            id="alerts-not-list",
+        ),
+        pytest.param(
+            "groups: {mes: {alerts: [5]}}",
+            "groups.mes.alerts[0]: expected an apprise URL or {env: NAME}, got an integer",
+            id="alerts-entry-type",
+        ),
+        pytest.param(
+            "groups: {mes: {alerts: [{url: SLACK_URL}]}}",
+            "groups.mes.alerts[0].url: unknown key (allowed: env)",
+            id="alerts-entry-unknown-key",
+        ),
+        pytest.param(
+            "groups: {mes: {alerts: [{}]}}",
+            "groups.mes.alerts[0]: missing key 'env'",
+            id="alerts-env-missing",
+        ),
+        pytest.param(
+            "groups: {mes: {alerts: [{env: [A, B]}]}}",
+            "groups.mes.alerts[0].env: expected a string, got a list",
+            id="alerts-env-type",
+        ),
+        pytest.param(
+            'groups: {mes: {alerts: [{env: "$SLACK_URL"}]}}',
+            "groups.mes.alerts[0].env: invalid environment variable name '$SLACK_URL' "
+            "(letters, digits and _, not starting with a digit)",
+            id="alerts-env-name",
+        ),
+        pytest.param(
+            'groups: {mes: {alerts: ["json://h/a", "nosuch://T000/B000/s3cret"]}}',
+            "groups.mes.alerts[1]: not a valid apprise URL (scheme 'nosuch')",
+            id="alerts-invalid-url",
+        ),
+        pytest.param(
+            'defaults: {alerts: ["json://h/a, json://h/b"]}',
+            "defaults.alerts[0]: expected one apprise URL per entry, got 2",
+            id="alerts-two-urls-in-one-entry",
+        ),
+        pytest.param(
+            'defaults: {alerts: [" "]}',
+            "defaults.alerts[0]: expected one apprise URL per entry, got none",
+            id="alerts-empty-url",
+        ),
+        pytest.param(
+            "views: {mes.mv_x: {alerts: [{env: SLACK_URL}]}}",
+            'views."mes.mv_x".alerts: alerts are routed per group, not per view: set '
+            "groups.<group>.alerts (a view's group: can move it to a group of its own)",
+            id="alerts-not-per-view",
+        ),
+        pytest.param(
             "views: {mes.mv_x: {grup: other}}",
             'views."mes.mv_x".grup: unknown key '
             "(allowed: checks, freshness, group, on_change, owners, schedules, tags)",
@@ -370,6 +425,109 @@ POLICY_KEYS = "checks, freshness, on_change, owners, schedules, tags"
 )
 def test_errors(tmp_path: Path, text: str, expected: str) -> None:
     assert _error(tmp_path, text) == expected
+
+
+# --- alert destinations -----------------------------------------------------------------------
+
+ALERTS = """
+defaults:
+  alerts: ["json://alerts.internal/all", {env: MVO_T_ONCALL}]
+groups:
+  mes:
+    alerts: [{env: MVO_T_MES}, "json://alerts.internal/mes"]
+    freshness: {warn: 20m, fail: 1h}
+  school:
+    alerts: []
+  saas:
+    freshness: {warn: 10m, fail: 30m}
+"""
+
+
+def test_alerts_parse_into_destinations_and_stay_out_of_view_policies(tmp_path: Path) -> None:
+    policies = _load(tmp_path, ALERTS)
+    assert policies.defaults["alerts"] == (
+        AlertDestination(url="json://alerts.internal/all"),
+        AlertDestination(env="MVO_T_ONCALL"),
+    )
+    assert policies.groups["mes"]["alerts"] == (
+        AlertDestination(env="MVO_T_MES"),
+        AlertDestination(url="json://alerts.internal/mes"),
+    )
+    # a view's policy has no alerts: they are routed by group, not resolved per view
+    policy = policies.resolve(RelationRef("mes", "mv_wip_status_dashboard"), "mes")
+    assert policy == ViewPolicy(
+        freshness=Freshness(warn=timedelta(minutes=20), fail=timedelta(hours=1))
+    )
+    assert "json://" not in repr(policies.defaults["alerts"])
+
+
+def test_alert_routes_read_the_environment(tmp_path: Path) -> None:
+    policies = _load(tmp_path, ALERTS)
+    environ = {
+        "MVO_T_ONCALL": "json://oncall.internal/a",
+        # several URLs, comma and/or whitespace separated, like MVO_ALERT_URLS
+        "MVO_T_MES": " json://mes.internal/a,json://mes.internal/b\n  json://mes.internal/c ",
+        "UNRELATED": "not a url",
+    }
+    routes = policies.alert_routes(environ)
+    assert routes.urls == ("json://alerts.internal/all", "json://oncall.internal/a")
+    assert dict(routes.group_urls) == {
+        "mes": (
+            "json://mes.internal/a",
+            "json://mes.internal/b",
+            "json://mes.internal/c",
+            "json://alerts.internal/mes",
+        )
+    }  # school's empty list and saas's missing key route nothing
+    assert "json://" not in repr(routes)
+    assert _load(tmp_path, "groups: {mes: {on_change: true}}").alert_routes({}) == AlertRoutes()
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        pytest.param(
+            {"MVO_T_ONCALL": "json://oncall.internal/a"},
+            "groups.mes.alerts[0].env: environment variable MVO_T_MES is not set",
+            id="unset",
+        ),
+        pytest.param(
+            {"MVO_T_ONCALL": "json://oncall.internal/a", "MVO_T_MES": " , "},
+            "groups.mes.alerts[0].env: environment variable MVO_T_MES is empty",
+            id="empty",
+        ),
+        pytest.param(
+            {"MVO_T_MES": "json://mes.internal/a"},
+            "defaults.alerts[1].env: environment variable MVO_T_ONCALL is not set",
+            id="unset-in-defaults",
+        ),
+        pytest.param(
+            {
+                "MVO_T_ONCALL": "json://oncall.internal/a",
+                "MVO_T_MES": "json://mes.internal/a slack://T000/s3cretB/",
+            },
+            "groups.mes.alerts[0].env: URL #2 in MVO_T_MES is not a valid apprise URL "
+            "(scheme 'slack')",
+            id="invalid-url",
+        ),
+    ],
+)
+def test_alert_routes_errors_name_the_variable_never_the_url(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, environ: dict[str, str], expected: str
+) -> None:
+    policies = _load(tmp_path, ALERTS)
+    with caplog.at_level(logging.DEBUG), pytest.raises(ConfigError) as info:
+        policies.alert_routes(environ)
+    assert str(info.value) == f"{tmp_path / 'policies.yaml'}: {expected}"
+    assert "s3cret" not in caplog.text  # apprise quotes a URL it cannot load; muted
+
+
+def test_alerts_of_a_group_matching_nothing_are_an_error(
+    tmp_path: Path, snapshot: CatalogSnapshot
+) -> None:
+    policies = _load(tmp_path, "groups: {mes_oncall: {alerts: [json://alerts.internal/x]}}")
+    with pytest.raises(ConfigError, match=r"groups\.mes_oncall: matches no group"):
+        policies.validate_against(snapshot, TRANSLATOR.get_group_name)
 
 
 def test_unreadable_file(tmp_path: Path) -> None:
