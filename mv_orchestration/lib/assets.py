@@ -17,6 +17,7 @@ import pandas as pd
 import psycopg
 from dagster import AssetExecutionContext
 from psycopg import sql
+from psycopg_pool import PoolTimeout
 
 from mv_orchestration.core import history
 from mv_orchestration.core.catalog import CatalogSnapshot, RelationRef
@@ -78,6 +79,24 @@ def preview_markdown(conn: psycopg.Connection[Any], ref: RelationRef, limit: int
     if frame.empty:
         return "_(no rows)_"
     return str(frame.to_markdown(index=False))
+
+
+# SQLSTATEs worth another attempt: connection exceptions (class 08), serialization failures
+# and deadlocks, too many connections, a lock timeout that outlasted refresh_view's own
+# retries, and server shutdowns/restarts.
+TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "53300", "55P03", "57P01", "57P02", "57P03"})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failed refresh step may succeed when simply run again."""
+    if isinstance(exc, PoolTimeout):
+        return True
+    code = getattr(exc, "sqlstate", None)
+    if code:
+        return code.startswith("08") or code in TRANSIENT_SQLSTATES
+    # a connection lost mid-statement carries no SQLSTATE (libpq reports it client-side)
+    cause = exc if isinstance(exc, psycopg.Error) else exc.__cause__
+    return isinstance(cause, psycopg.OperationalError)
 
 
 def failure_metadata(exc: RefreshError) -> dict[str, Any]:
@@ -197,89 +216,120 @@ def build_refresh_assets(
         db: PostgresResource = getattr(context.resources, resource_key)
         selected = [ref_by_key[k] for k in context.selected_asset_keys]
         order = graph.refresh_order(selected)
-        failed: dict[RelationRef, MvoError] = {}
+        failed: dict[RelationRef, BaseException] = {}
         blocked: dict[RelationRef, list[str]] = {}
         skipped: list[RelationRef] = []
         total = len(order)
-        with db.connection() as conn, contextlib.ExitStack() as stack:
-            # one lock-wait monitor (and at most one extra connection) for the whole step
-            monitor = (
-                stack.enter_context(
-                    LockWaitMonitor(
-                        sibling_connect(conn, "mvo lock monitor"), conn.info.backend_pid
-                    )
-                )
-                if db.refresh_options.measure_lock_wait
-                else None
-            )
-            if history_schema is not None:
-                history.ensure_history(conn, history_schema)
-            for i, ref in enumerate(order, start=1):
-                bad_upstream = graph.upstream_matviews([ref]) & (
-                    set(failed) | set(blocked) | set(skipped)
-                )
-                if bad_upstream:
-                    skipped.append(ref)
-                    context.log.warning(
-                        f"[{i}/{total}] skipped {ref.qualname}: upstream "
-                        f"{', '.join(sorted(r.qualname for r in bad_upstream))} did not refresh"
-                        " cleanly"
-                    )
-                    continue
-                context.log.info(f"[{i}/{total}] refreshing {ref.qualname} ...")
-                started = datetime.now(UTC)
-                try:
-                    result = refresh_view(
-                        conn,
-                        ref.schema,
-                        ref.name,
-                        db.refresh_options,
-                        on_retry=lambda e, n, d: context.log.warning(f"{e}; retry {n} in {d:.1f}s"),
-                        lock_monitor=monitor,
-                    )
-                except MvoError as exc:
-                    failed[ref] = exc
-                    context.log.error(f"[{i}/{total}] {exc}")
-                    if history_schema is not None:
-                        history.record_failure(
-                            conn,
-                            history_schema,
-                            view_schema=ref.schema,
-                            view_name=ref.name,
-                            error=exc,
-                            started_at=started,
-                            finished_at=datetime.now(UTC),
-                            run_id=context.run.run_id,
+        done = 0
+        try:
+            with db.connection() as conn, contextlib.ExitStack() as stack:
+                # one lock-wait monitor (and at most one extra connection) for the whole step
+                monitor = (
+                    stack.enter_context(
+                        LockWaitMonitor(
+                            sibling_connect(conn, "mvo lock monitor"), conn.info.backend_pid
                         )
-                    continue
+                    )
+                    if db.refresh_options.measure_lock_wait
+                    else None
+                )
                 if history_schema is not None:
-                    history.record_success(conn, history_schema, result, run_id=context.run.run_id)
-                check_results = run_checks(conn, ref, result)
-                stops = blocking_failures(check_results, checks[ref])
-                if stops:
-                    blocked[ref] = stops
-                meta = refresh_metadata(result)
-                if preview_rows > 0:
-                    meta["preview"] = dg.MetadataValue.md(preview_markdown(conn, ref, preview_rows))
-                rows = f", {result.rows_after} rows" if result.rows_after is not None else ""
-                context.log.info(
-                    f"[{i}/{total}] refreshed {ref.qualname} in {result.duration_s:.3f}s "
-                    f"({result.method}{rows})"
-                    + (f"; blocking check failed: {', '.join(stops)}" if stops else "")
-                )
-                yield dg.MaterializeResult(
-                    asset_key=specs[ref].key, metadata=meta, check_results=check_results
-                )
-        if failed:
-            first = next(iter(failed.values()))
-            raise dg.Failure(
-                description="; ".join(str(e) for e in failed.values())
-                + (
-                    f"; skipped downstream: {', '.join(r.qualname for r in skipped)}"
-                    if skipped
-                    else ""
-                ),
-                metadata=failure_metadata(first) if isinstance(first, RefreshError) else {},
+                    history.ensure_history(conn, history_schema)
+                for i, ref in enumerate(order, start=1):
+                    done = i - 1
+                    bad_upstream = graph.upstream_matviews([ref]) & (
+                        set(failed) | set(blocked) | set(skipped)
+                    )
+                    if bad_upstream:
+                        skipped.append(ref)
+                        context.log.warning(
+                            f"[{i}/{total}] skipped {ref.qualname}: upstream "
+                            f"{', '.join(sorted(r.qualname for r in bad_upstream))} did not "
+                            "refresh cleanly"
+                        )
+                        continue
+                    context.log.info(f"[{i}/{total}] refreshing {ref.qualname} ...")
+                    started = datetime.now(UTC)
+                    try:
+                        result = refresh_view(
+                            conn,
+                            ref.schema,
+                            ref.name,
+                            db.refresh_options,
+                            on_retry=lambda e, n, d: context.log.warning(
+                                f"{e}; retry {n} in {d:.1f}s"
+                            ),
+                            lock_monitor=monitor,
+                        )
+                    except MvoError as exc:
+                        failed[ref] = exc
+                        context.log.error(f"[{i}/{total}] {exc}")
+                        if history_schema is not None:
+                            # a lost connection cannot write its own failure: use a new one
+                            with (
+                                db.connection() if conn.broken else contextlib.nullcontext(conn)
+                            ) as writer:
+                                history.record_failure(
+                                    writer,
+                                    history_schema,
+                                    view_schema=ref.schema,
+                                    view_name=ref.name,
+                                    error=exc,
+                                    started_at=started,
+                                    finished_at=datetime.now(UTC),
+                                    run_id=context.run.run_id,
+                                )
+                        if conn.broken:
+                            break
+                        continue
+                    if history_schema is not None:
+                        history.record_success(
+                            conn, history_schema, result, run_id=context.run.run_id
+                        )
+                    check_results = run_checks(conn, ref, result)
+                    stops = blocking_failures(check_results, checks[ref])
+                    if stops:
+                        blocked[ref] = stops
+                    meta = refresh_metadata(result)
+                    if preview_rows > 0:
+                        meta["preview"] = dg.MetadataValue.md(
+                            preview_markdown(conn, ref, preview_rows)
+                        )
+                    rows = f", {result.rows_after} rows" if result.rows_after is not None else ""
+                    context.log.info(
+                        f"[{i}/{total}] refreshed {ref.qualname} in {result.duration_s:.3f}s "
+                        f"({result.method}{rows})"
+                        + (f"; blocking check failed: {', '.join(stops)}" if stops else "")
+                    )
+                    yield dg.MaterializeResult(
+                        asset_key=specs[ref].key, metadata=meta, check_results=check_results
+                    )
+                else:
+                    done = total
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            # the database went away outside a refresh (connecting, history, checks, preview)
+            failed[order[done] if done < total else order[-1]] = exc
+            context.log.error(f"lost the database: {type(exc).__name__}: {exc}")
+        if not failed:
+            return
+        not_done = [r for r in order[done + 1 :] if r not in failed and r not in skipped]
+        description = (
+            "; ".join(str(e) for e in failed.values())
+            + (f"; skipped downstream: {', '.join(r.qualname for r in skipped)}" if skipped else "")
+            + (f"; not attempted: {', '.join(r.qualname for r in not_done)}" if not_done else "")
+        )
+        retries = db.transient_retries
+        if all(is_transient(e) for e in failed.values()) and context.retry_number < retries:
+            delay = db.transient_retry_delay_s * (2**context.retry_number)
+            context.log.warning(
+                f"transient failure, retrying the step in {delay:.0f}s "
+                f"(retry {context.retry_number + 1} of {retries}): {description}"
             )
+            raise dg.RetryRequested(max_retries=retries, seconds_to_wait=delay)
+        first = next(iter(failed.values()))
+        raise dg.Failure(
+            description=description,
+            metadata=failure_metadata(first) if isinstance(first, RefreshError) else {},
+        )
 
     return [*sources, refresh_materialized_views]

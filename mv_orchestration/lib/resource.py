@@ -33,6 +33,15 @@ class PostgresResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         default="auto", description="'auto' uses CONCURRENTLY when allowed; 'blocking' never does"
     )
     count_rows: bool = Field(default=True, description="count rows before/after each refresh")
+    transient_retries: int = Field(
+        default=2,
+        ge=0,
+        description="retries of a refresh step that failed only for transient reasons "
+        "(connection lost, server restart, deadlock, lock timeout, too many connections)",
+    )
+    transient_retry_delay_s: float = Field(
+        default=30.0, ge=0, description="wait before the first such retry; doubles each time"
+    )
 
     _pool: ConnectionPool | None = PrivateAttr(default=None)
 
@@ -63,7 +72,9 @@ class PostgresResource(dg.ConfigurableResource):  # type: ignore[type-arg]
             open=False,
             name="mv_orchestration",
         )
-        self._pool.open(wait=True, timeout=float(self.connect_timeout_s))
+        # Not waiting here: a database that is down surfaces as PoolTimeout inside the step,
+        # where it counts as a transient failure and the step is retried.
+        self._pool.open(wait=False)
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self._pool is not None:
@@ -77,7 +88,7 @@ class PostgresResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         Outside a run (no pool was set up) a direct connection is opened and closed.
         """
         if self._pool is not None:
-            with self._pool.connection() as conn:
+            with self._pool.connection(timeout=float(self.connect_timeout_s)) as conn:
                 yield conn
             return
         with psycopg.connect(self.dsn, **self._connect_kwargs()) as conn:

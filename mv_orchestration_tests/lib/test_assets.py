@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -138,12 +140,21 @@ def test_failure_skips_downstream_and_reports_sqlstate(
     assert meta["view"].value == "shop.mv_ratio"
     assert "division by zero" in (info.user_failure_data.description or "")
     assert "skipped downstream: shop.mv_ratio_sum" in (info.user_failure_data.description or "")
+    # a data error is not transient: no retry
+    assert not [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
 
 
 def test_lock_timeout_fails_run_with_holder(
     db_url: str, shop: psycopg.Connection[Any], instance: dg.DagsterInstance
 ) -> None:
-    defs = make_defs(db_url, shop, lock_timeout_s=0.1, lock_retries=0)
+    defs = make_defs(
+        db_url,
+        shop,
+        lock_timeout_s=0.1,
+        lock_retries=0,
+        transient_retries=1,
+        transient_retry_delay_s=0,
+    )
     job = defs.resolve_implicit_global_asset_job_def()
     with (
         psycopg.connect(db_url, autocommit=True) as other,
@@ -155,6 +166,9 @@ def test_lock_timeout_fails_run_with_holder(
             instance=instance, asset_selection=[K(["shop", "mv_grand"])], raise_on_error=False
         )
     assert not result.success
+    # a lock timeout is transient: the step ran once more, then failed with the details
+    retried = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    assert len(retried) == 1
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert failure.step_failure_data.user_failure_data is not None
     meta = failure.step_failure_data.user_failure_data.metadata
@@ -162,6 +176,46 @@ def test_lock_timeout_fails_run_with_holder(
     assert meta["blocking_pids"].value == str(holder)
     # the whole 100 ms lock_timeout was spent waiting for the lock, measured by the monitor
     assert 0.09 <= meta["lock_wait_s"].value < 1
+
+
+def test_lost_connection_is_retried_and_every_attempt_recorded(
+    db_url: str, shop: psycopg.Connection[Any], instance: dg.DagsterInstance
+) -> None:
+    shop.execute("CREATE MATERIALIZED VIEW shop.mv_slow AS SELECT 1 AS x FROM pg_sleep(0.5)")
+    defs = make_defs(db_url, shop, transient_retries=2, transient_retry_delay_s=0)
+    job = defs.resolve_implicit_global_asset_job_def()
+    killed: list[int] = []
+
+    def kill_first_refresh() -> None:
+        """Terminate the backend running the first REFRESH of mv_slow (a server restart)."""
+        with psycopg.connect(db_url, autocommit=True) as killer:
+            give_up = time.monotonic() + 60
+            while not killed and time.monotonic() < give_up:
+                row = killer.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE state = 'active'"
+                    " AND query LIKE 'REFRESH MATERIALIZED VIEW%%mv_slow%%'"
+                ).fetchone()
+                if row is not None:
+                    killer.execute("SELECT pg_terminate_backend(%s)", [row[0]])
+                    killed.append(int(row[0]))
+
+    thread = threading.Thread(target=kill_first_refresh)
+    thread.start()
+    result = job.execute_in_process(
+        instance=instance, asset_selection=[K(["shop", "mv_slow"])], raise_on_error=False
+    )
+    thread.join()
+    assert killed, "the refresh was never seen running"
+    assert result.success
+    retried = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    assert len(retried) == 1
+    assert [m.asset_key for m in _materializations(result)] == [K(["shop", "mv_slow"])]
+    # both attempts are in the history: the failed one written on a fresh connection
+    rows = shop.execute(
+        "SELECT status, sqlstate FROM mvo.refresh_history WHERE view_name = 'mv_slow'"
+        " ORDER BY started_at"
+    ).fetchall()
+    assert rows == [("failure", "57P01"), ("success", None)]
 
 
 def test_snapshot_cache_when_database_is_down(

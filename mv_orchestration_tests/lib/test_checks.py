@@ -149,7 +149,15 @@ def test_history_rows_for_success_server_error_and_lock_timeout(
     bad = run(db_url, shop, instance, ["mv_ratio"])
     with psycopg.connect(db_url, autocommit=True) as other, other.transaction():
         other.execute("SELECT * FROM shop.mv_big")  # a plain refresh of mv_big must wait
-        locked = run(db_url, shop, instance, ["mv_big"], lock_timeout_s=0.1, lock_retries=0)
+        locked = run(
+            db_url,
+            shop,
+            instance,
+            ["mv_big"],
+            lock_timeout_s=0.1,
+            lock_retries=0,
+            transient_retries=0,
+        )
     rows = history.read_history(shop, "mvo", since=__import__("datetime").timedelta(hours=1))
     by_view = {r["view_name"]: r for r in rows.to_dict("records")}
     assert by_view["mv_sales"]["status"] == "success"
