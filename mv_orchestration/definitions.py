@@ -57,6 +57,8 @@ def build_from_settings(
         dsn=dg.EnvVar("DATABASE_URL"),
         lock_timeout_s=settings.lock_timeout_s,
         statement_timeout_s=settings.statement_timeout_s,
+        transient_retries=settings.retries,
+        transient_retry_delay_s=settings.retry_delay_s,
     )
     policies = load_policies(settings.policies_path) if settings.policies_path else None
     target = DatabaseTarget(

@@ -32,6 +32,15 @@ def _float(name: str, default: float) -> float:
     return value
 
 
+def _count(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit():
+        raise ConfigError(f"{name}={raw!r}: expected a whole number, 0 or more")
+    return int(raw)
+
+
 def _flag(name: str, *, default: bool) -> bool:
     raw = os.environ.get(name, "").strip().lower()
     if not raw:
@@ -83,6 +92,8 @@ class Settings:
     state_dir: Path
     lock_timeout_s: float
     statement_timeout_s: float
+    retries: int
+    retry_delay_s: float
     history_schema: str | None
     history_retention_days: float
     automation_running: bool
@@ -106,6 +117,8 @@ class Settings:
             state_dir=Path(os.environ.get("MVO_STATE_DIR", ".mvo")).resolve(),
             lock_timeout_s=_float("MVO_LOCK_TIMEOUT_S", 10.0),
             statement_timeout_s=_float("MVO_STATEMENT_TIMEOUT_S", 1800.0),
+            retries=_count("MVO_RETRIES", 2),
+            retry_delay_s=_float("MVO_RETRY_DELAY_S", 30.0),
             history_schema=_history_schema(),
             history_retention_days=_float("MVO_HISTORY_RETENTION_DAYS", 30.0),
             automation_running=_flag("MVO_AUTOMATION", default=True),

@@ -48,6 +48,18 @@ def test_environment_reaches_the_definitions(
     assert {"mvo_freshness_alerts", "mvo_refresh_failures"} <= {s.name for s in quiet.sensors or []}
 
 
+def test_retry_settings_reach_the_resource(demo_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    def resource() -> Any:
+        resources = build_from_settings(Settings.from_env()).resources
+        assert resources is not None
+        return resources["postgres"]
+
+    assert (resource().transient_retries, resource().transient_retry_delay_s) == (2, 30.0)
+    monkeypatch.setenv("MVO_RETRIES", "0")
+    monkeypatch.setenv("MVO_RETRY_DELAY_S", "2.5")
+    assert (resource().transient_retries, resource().transient_retry_delay_s) == (0, 2.5)
+
+
 def test_policy_file_alerts_alone_create_the_alert_sensors(
     demo_env: None,
     tmp_path: Path,
@@ -83,6 +95,7 @@ def test_policy_file_alerts_alone_create_the_alert_sensors(
     [
         ("MVO_AUTOMATION", "maybe", "MVO_AUTOMATION='maybe': expected on or off"),
         ("MVO_LOCK_TIMEOUT_S", "soon", "MVO_LOCK_TIMEOUT_S='soon' is not a number"),
+        ("MVO_RETRIES", "-1", "MVO_RETRIES='-1': expected a whole number, 0 or more"),
         ("MVO_POLICIES", "/nonexistent.yaml", "MVO_POLICIES='/nonexistent.yaml': no such file"),
         (
             "MVO_ALERT_URLS",
