@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from mv_orchestration.core.catalog import CatalogSnapshot, read_catalog
 from mv_orchestration.errors import CatalogError
@@ -15,8 +17,24 @@ from mv_orchestration.errors import CatalogError
 log = logging.getLogger("mv_orchestration")
 
 
-def cache_file(cache_dir: Path, alias: str) -> Path:
-    return cache_dir / f"catalog-{hashlib.sha256(alias.encode()).hexdigest()[:12]}.json"
+def cache_file(
+    cache_dir: Path,
+    alias: str,
+    dsn: str,
+    schemas: Sequence[str] | None = None,
+    exclude_schemas: Sequence[str] = (),
+) -> Path:
+    """The cache of one catalog read: alias, database (host, port, name, role — never the
+    password) and schema selection, so another database is never shown a stale catalog."""
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        params = {"dsn": dsn}
+    params.pop("password", None)
+    identity = json.dumps(
+        [alias, sorted((k, str(v)) for k, v in params.items()), schemas, sorted(exclude_schemas)]
+    )
+    return cache_dir / f"catalog-{hashlib.sha256(identity.encode()).hexdigest()[:12]}.json"
 
 
 def load_snapshot(
@@ -33,7 +51,7 @@ def load_snapshot(
     The cache lets the code location load (and show the last known graph) while the database
     is unreachable; runs then fail with the connection error instead of the UI going blank.
     """
-    path = cache_file(cache_dir, alias) if cache_dir else None
+    path = cache_file(cache_dir, alias, dsn, schemas, exclude_schemas) if cache_dir else None
     try:
         with psycopg.connect(
             dsn, autocommit=True, connect_timeout=connect_timeout_s, application_name="mvo-catalog"

@@ -13,6 +13,7 @@ import psycopg
 import pytest
 
 from mv_orchestration.core.catalog import read_catalog
+from mv_orchestration.demo.embedded import TemporaryServer
 from mv_orchestration.errors import CatalogError
 from mv_orchestration.lib.defs import DatabaseTarget, build_definitions, default_translator
 from mv_orchestration.lib.resource import PostgresResource
@@ -218,12 +219,23 @@ def test_lost_connection_is_retried_and_every_attempt_recorded(
     assert rows == [("failure", "57P01"), ("success", None)]
 
 
-def test_snapshot_cache_when_database_is_down(
-    db_url: str, shop: psycopg.Connection[Any], tmp_path: Path
-) -> None:
-    live = load_snapshot(db_url, alias="shop", schemas=["shop"], cache_dir=tmp_path)
-    down = "postgresql://nobody@127.0.0.1:1/none"
-    cached = load_snapshot(down, alias="shop", schemas=["shop"], cache_dir=tmp_path)
-    assert cached == live
-    with pytest.raises(CatalogError, match="cannot read the catalog of database 'other'"):
-        load_snapshot(down, alias="other", cache_dir=tmp_path)
+def test_snapshot_cache_when_database_is_down(tmp_path: Path) -> None:
+    # a server of its own, so that it can really go away
+    with TemporaryServer() as server:
+        url = server.url
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(DDL)
+        live = load_snapshot(url, alias="shop", schemas=["shop"], cache_dir=tmp_path)
+    # the server is gone: the same database's last catalog is served from the cache
+    cached = load_snapshot(url, alias="shop", schemas=["shop"], cache_dir=tmp_path)
+    assert cached == live and cached.matviews
+    # ... but never for another database, another schema selection or another alias
+    for other_url, schemas, alias in [
+        ("postgresql://nobody@127.0.0.1:1/none", ["shop"], "shop"),
+        (url, ["public"], "shop"),
+        (url, ["shop"], "other"),
+    ]:
+        with pytest.raises(CatalogError, match="cannot read the catalog of database"):
+            load_snapshot(other_url, alias=alias, schemas=schemas, cache_dir=tmp_path)
+    # the cache file names no secret
+    assert all(server.password not in p.read_text() for p in tmp_path.iterdir())
