@@ -415,21 +415,17 @@ def _select(
 
 # --- mvo status -----------------------------------------------------------------------------
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
 
 def parse_duration(text: str) -> float:
-    """``90s``, ``15m``, ``24h``, ``7d`` → seconds."""
-    raw = text.strip().lower()
-    if len(raw) < 2 or raw[-1] not in _UNITS:
-        raise click.BadParameter(f"{text!r}: use a number and a unit s, m, h or d (e.g. 24h)")
-    try:
-        value = float(raw[:-1])
-    except ValueError:
-        raise click.BadParameter(f"{text!r}: use a number and a unit s, m, h or d") from None
-    if value <= 0:
+    """``90s``, ``15m``, ``1.5h``, ``7d``, ``1d12h`` → seconds (the policy file's grammar)."""
+    from mv_orchestration.lib.policies import parse_duration as parse
+
+    delta = parse(text)
+    if delta is None:
+        raise click.BadParameter(f"{text!r}: use numbers with units d, h, m, s (e.g. 24h, 1d12h)")
+    if delta.total_seconds() <= 0:
         raise click.BadParameter(f"{text!r}: must be greater than 0")
-    return value * _UNITS[raw[-1]]
+    return delta.total_seconds()
 
 
 def _freshness_states(keys: Sequence[Any]) -> dict[Any, str]:

@@ -194,4 +194,6 @@ def test_status_health_and_exit_codes(
     # a window that excludes everything: no attempts is a warning, not critical
     assert run("status", "shop.mv_grand", "--since", "10s").exit_code == 0
     bad = run("status", "--since", "forever")
-    assert bad.exit_code == 2 and "use a number and a unit" in bad.output
+    assert bad.exit_code == 2 and "use numbers with units d, h, m, s" in bad.output
+    # the policy file's grammar: combined units work here too
+    assert run("status", "shop.mv_grand", "--since", "1d12h").exit_code == 2

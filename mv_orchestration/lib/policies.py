@@ -84,7 +84,8 @@ _ALERT_KEYS = ("env",)
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SCHEDULE_KEYS = ("cron", "timezone")
 _FRESHNESS_KEYS = ("fail", "warn")
-_DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+_NUMBER = r"(\d+(?:\.\d+)?)"
+_DURATION = re.compile(rf"(?:{_NUMBER}d)?(?:{_NUMBER}h)?(?:{_NUMBER}m)?(?:{_NUMBER}s)?")
 _GROUP_NAME = re.compile(r"[A-Za-z0-9_]+")
 _BARE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _GLOB_CHARS = frozenset("*?[")
@@ -295,11 +296,14 @@ def freshness_policy(p: ViewPolicy) -> dg.FreshnessPolicy | None:
 
 
 def parse_duration(text: str) -> timedelta | None:
-    """``90s``, ``15m``, ``2h``, ``1d`` or a combination like ``1d12h``; None if malformed."""
-    match = _DURATION.fullmatch(text.strip())
-    if not text.strip() or match is None:
+    """``90s``, ``15m``, ``1.5h``, ``1d`` or a combination like ``1d12h`` (units in the order
+    d, h, m, s; case-insensitive); None if malformed. The one duration grammar of the policy
+    file and the CLI (``mvo status --since``)."""
+    raw = text.strip().lower()
+    match = _DURATION.fullmatch(raw)
+    if not raw or match is None:
         return None
-    days, hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
+    days, hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
     return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
 
 

@@ -168,7 +168,8 @@ def test_durations() -> None:
     assert parse_duration("2h") == timedelta(hours=2)
     assert parse_duration("1d") == timedelta(days=1)
     assert parse_duration("7d1h") == timedelta(days=7, hours=1)
-    for bad in ("", "15", "1 h", "1.5h", "m", "1m1h"):
+    assert parse_duration("1.5h") == parse_duration("1H30M") == timedelta(minutes=90)
+    for bad in ("", "15", "1 h", "m", "1m1h", "1.h", "-1h"):
         assert parse_duration(bad) is None
 
 
