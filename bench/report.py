@@ -13,9 +13,25 @@ import psycopg
 from tabulate import tabulate
 
 from bench.discovery import ROWS_PER_TABLE, DiscoveryResult
+from bench.fingerprint import ROWS_PER_SMALL_TABLE, FingerprintResult
+from bench.history_cost import TARGET, HistoryResult
+from bench.lag import LagResult
 from bench.overhead import OverheadResult
-from bench.stats import fmt_ms
+from bench.stats import Summary, fmt_ms
+from bench.writer import WriterResult
 from mv_orchestration.lib.assets import PREVIEW_ROWS
+
+
+@dataclass(frozen=True)
+class Results:
+    """What one run measured; a benchmark left out with ``--only`` is None."""
+
+    overhead: OverheadResult | None = None
+    discovery: DiscoveryResult | None = None
+    history: HistoryResult | None = None
+    writer: WriterResult | None = None
+    fingerprint: FingerprintResult | None = None
+    lag: LagResult | None = None
 
 
 @dataclass(frozen=True)
@@ -43,14 +59,14 @@ def _libpq() -> str:
 
 
 def machine_facts(
-    conn: psycopg.Connection[Any], instance_storage: str
+    conn: psycopg.Connection[Any], instance_storage: str | None
 ) -> tuple[tuple[str, str], ...]:
     """Facts about this machine and these libraries, read at run time."""
     settings = {}
     for name in ("server_version", "fsync", "synchronous_commit", "shared_buffers"):
         row = conn.execute("SELECT current_setting(%s)", [name]).fetchone()
         settings[name] = str(row[0]) if row else "?"
-    return (
+    facts = (
         ("CPUs (nproc)", str(len(os.sched_getaffinity(0)))),
         ("CPU model", _cpu_model()),
         ("OS", platform.platform()),
@@ -63,6 +79,11 @@ def machine_facts(
             f"127.0.0.1; fsync={settings['fsync']}, synchronous_commit="
             f"{settings['synchronous_commit']}, shared_buffers={settings['shared_buffers']})",
         ),
+    )
+    if instance_storage is None:
+        return facts
+    return (
+        *facts,
         ("Dagster instance", f"`instance_for_test()`, run storage `{instance_storage}`"),
     )
 
@@ -195,48 +216,220 @@ def discovery_tables(result: DiscoveryResult, fmt: str) -> tuple[str, str]:
     return shapes, times
 
 
-def render_markdown(info: RunInfo, overhead: OverheadResult, discovery: DiscoveryResult) -> str:
-    timings, ratios = overhead_tables(overhead, "github")
-    shapes, times = discovery_tables(discovery, "github")
-    facts = tabulate(list(info.facts), headers=["", ""], tablefmt="github", disable_numparse=True)
-    tiny = overhead.cases[0]
-    quick_note = (
-        "\n> **Quick run** (`--quick`): few repetitions, for a smoke test only; run without "
-        "`--quick` for numbers worth quoting.\n"
-        if info.quick
-        else ""
+def _table(rows: list[list[Any]], headers: list[str], fmt: str, align: tuple[str, ...]) -> str:
+    return tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True, colalign=align)
+
+
+def _s(ms: float) -> str:
+    """Milliseconds shown as seconds."""
+    return f"{ms / 1000.0:,.1f}"
+
+
+def history_tables(result: HistoryResult, fmt: str) -> tuple[str, str]:
+    labels = (
+        ("refresh", "(1) `refresh_view()`"),
+        ("with_history", "(2) `refresh_view()` + `record_success()`"),
+        ("write", "the write alone, timed inside (2)"),
+        ("round_trip", "one round trip, `SELECT 1`"),
     )
-    largest = discovery.cases[-1]
-    overhead_summary = (
+    rows = []
+    for case in result.cases:
+        for attr, label in labels:
+            s: Summary = getattr(case, attr)
+            rows.append(
+                [
+                    f"`{case.qualname}`",
+                    label,
+                    s.n,
+                    fmt_ms(s.median_ms),
+                    fmt_ms(s.p95_ms),
+                    fmt_ms(s.min_ms),
+                ]
+            )
+    timings = _table(
+        rows,
+        ["MV", "variant", "n", "median ms", "p95 ms", "min ms"],
+        fmt,
+        ("left", "left", "right", "right", "right", "right"),
+    )
+    verdict_rows = [
+        [
+            f"`{c.qualname}` ({c.rows:,} row{'' if c.rows == 1 else 's'}; {c.description})",
+            f"{c.ratio:.3f}x",
+            f"{c.added_ms:+.3f}",
+            f"{c.write.median_ms:.3f}",
+            f"{100.0 * c.write_share:.1f} %",
+            f"**{'PASS' if c.passed else 'FAIL'}**",
+        ]
+        for c in result.cases
+    ]
+    verdicts = _table(
+        verdict_rows,
+        [
+            "MV",
+            "(2)/(1)",
+            "(2)-(1) ms",
+            "write alone ms",
+            "write / (1)",
+            f"(2)/(1) < {1 + TARGET:.2f}",
+        ],
+        fmt,
+        ("left", "right", "right", "right", "right", "left"),
+    )
+    return timings, verdicts
+
+
+_WRITER_LABELS = {
+    "none": "(i) nothing",
+    "trigger": "(ii) seed 001 trigger",
+    "sensor": "(iii) change sensor, default interval",
+    "sensor_fast": "(iv) change sensor, 1 s interval (stress)",
+    "busy": "(v) control: a CPU-bound query elsewhere",
+}
+
+
+def writer_table(result: WriterResult, fmt: str) -> str:
+    base = result.get("none").rate
+    rows = []
+    for v in result.variants:
+        sensor = v.variant.startswith("sensor")
+        rows.append(
+            [
+                _WRITER_LABELS[v.variant],
+                len(v.window_rates),
+                f"{v.inserts:,}",
+                f"{v.seconds:.1f}",
+                f"{v.rate:,.1f}",
+                f"{v.rate / base:.4f}" if v.rate / base < 0.01 else f"{v.rate / base:.3f}",
+                f"{min(v.window_rates):,.1f} - {max(v.window_rates):,.1f}",
+                v.ticks if sensor else "",
+                v.refresh_runs if sensor else ("every insert" if v.variant == "trigger" else ""),
+                f"{v.refresh_s:.1f}" if sensor else "",
+            ]
+        )
+    return _table(
+        rows,
+        [
+            "variant",
+            "windows",
+            "inserts",
+            "s",
+            "inserts/s",
+            "ratio to (i)",
+            "inserts/s per window",
+            "sensor ticks",
+            "refreshes of the MVs",
+            "refresh s",
+        ],
+        fmt,
+        ("left", "right", "right", "right", "right", "right", "right", "right", "right", "right"),
+    )
+
+
+def fingerprint_table(result: FingerprintResult, fmt: str) -> str:
+    rows = [
+        [
+            c.label,
+            c.call.n,
+            fmt_ms(c.call.median_ms),
+            fmt_ms(c.call.p95_ms),
+            fmt_ms(c.call.min_ms),
+            f"{c.call.median_ms / c.tables:.3f}",
+        ]
+        for c in result.cases
+    ]
+    return _table(
+        rows,
+        [
+            "one `fingerprints()` call for",
+            "n",
+            "median ms",
+            "p95 ms",
+            "min ms",
+            "median ms / table",
+        ],
+        fmt,
+        ("left", "right", "right", "right", "right", "right"),
+    )
+
+
+def lag_tables(result: LagResult, fmt: str) -> tuple[str, str]:
+    q = result.quiet
+    n_mvs = len(result.matviews)
+    quiet = _table(
+        [
+            [
+                f"cron `{result.cron}` ({result.cron_tz})",
+                f"{q.cron_ticks} cron ticks",
+                q.cron_ticks,
+                q.cron_mv_refreshes,
+                f"{q.cron_refresh_s:.1f}",
+            ],
+            [
+                f"change sensor, every {result.sensor_interval_s:g} s",
+                f"{q.sensor_ticks} ticks, each one real `fingerprints()` call "
+                f"(median {fmt_ms(q.fingerprint.median_ms)} ms)",
+                q.sensor_triggering_ticks,
+                q.sensor_triggering_ticks * n_mvs,
+                "0.0" if q.sensor_triggering_ticks == 0 else "n/a",
+            ],
+        ],
+        ["policy", "evaluations in the hour", "refresh runs", "MV refreshes", "refresh s"],
+        fmt,
+        ("left", "left", "right", "right", "right"),
+    )
+    rows = []
+    for h in result.steady:
+        label = (
+            f"cron `{result.cron}`"
+            if h.policy == "cron"
+            else f"change sensor, every {result.sensor_interval_s:g} s"
+        )
+        rows.append(
+            [
+                label,
+                h.inserts,
+                h.ticks,
+                h.refresh_runs,
+                h.mv_refreshes,
+                f"{h.refresh_s:.1f}",
+                fmt_ms(h.run.median_ms),
+                _s(h.lag.median_ms),
+                _s(h.lag.p95_ms),
+                _s(h.lag.max_ms),
+            ]
+        )
+    steady = _table(
+        rows,
+        [
+            "policy",
+            "inserts",
+            "evaluations",
+            "refresh runs",
+            "MV refreshes",
+            "refresh s",
+            "one run, median ms",
+            "lag median s",
+            "lag p95 s",
+            "lag max s",
+        ],
+        fmt,
+        ("left",) + ("right",) * 9,
+    )
+    return quiet, steady
+
+
+def _section_a(overhead: OverheadResult) -> str:
+    timings, ratios = overhead_tables(overhead, "github")
+    tiny = overhead.cases[0]
+    summary = (
         f"For the trivial MV (`{tiny.qualname}`) the refresh itself is nearly free, so (c)-(a) "
         f"is essentially the fixed cost of one Dagster run around one refresh: "
         f"{fmt_ms(tiny.dagster.median_ms - tiny.bare.median_ms)} ms here (median), of which "
         f"`refresh_view()`'s own bookkeeping, (b)-(a), is "
         f"{fmt_ms(tiny.core.median_ms - tiny.bare.median_ms)} ms."
     )
-    discovery_summary = (
-        f"At {largest.shape.matviews:,} MVs, steps 1-4 take "
-        f"{fmt_ms(largest.read_catalog.median_ms + largest.definitions_ms)} ms, of which "
-        f"{fmt_ms(largest.read_catalog.median_ms)} ms are PostgreSQL catalog queries."
-    )
-    return f"""# Benchmarks
-
-Generated by `bench/run.py` on {info.date}; the whole run took {info.total_s:.0f} s.
-Every figure on this page comes from that run: rerun it to refresh the page.
-{quick_note}
-Reproduce (from the repository root; `make bench` runs the same command in `.venv`):
-
-```sh
-{info.command}
-```
-
-## Machine
-
-{facts}
-
-Client, PostgreSQL server and Dagster share these CPUs; nothing else was pinned or isolated.
-
-## A. Per-refresh orchestration overhead
+    return f"""## A. Per-refresh orchestration overhead
 
 What orchestrating one refresh costs on top of the refresh itself. Per MV, the three
 variants run interleaved — one sample of each per round, the order within a round cycling
@@ -263,14 +456,24 @@ Medians compared (ratios and differences of the medians above):
 
 {ratios}
 
-{overhead_summary}
+{summary}
 
 Because the asset job refreshes every selected MV in one step on one connection, the run's
 fixed cost is paid once per run, not once per MV. Not included: how runs are launched outside
 `execute_in_process` — the default run launcher of `dagster dev` starts a new process per run
 and loads the code location there, which adds its own start-up time to every run.
+"""
 
-## B. Catalog discovery
+
+def _section_b(discovery: DiscoveryResult) -> str:
+    shapes, times = discovery_tables(discovery, "github")
+    largest = discovery.cases[-1]
+    summary = (
+        f"At {largest.shape.matviews:,} MVs, steps 1-4 take "
+        f"{fmt_ms(largest.read_catalog.median_ms + largest.definitions_ms)} ms, of which "
+        f"{fmt_ms(largest.read_catalog.median_ms)} ms are PostgreSQL catalog queries."
+    )
+    return f"""## B. Catalog discovery
 
 Time to discover N materialized views and turn them into Dagster definitions. Each N has its
 own database (the lineage query reads every rewrite rule of the database, so separate
@@ -297,13 +500,322 @@ included. Sums are sums of the medians.
 
 {times}
 
-{discovery_summary}
+{summary}
 """
 
 
-def render_console(overhead: OverheadResult, discovery: DiscoveryResult) -> str:
-    timings, ratios = overhead_tables(overhead, "simple")
-    shapes, times = discovery_tables(discovery, "simple")
-    parts = ["A. per-refresh orchestration overhead", timings, ratios]
-    parts += ["B. catalog discovery", shapes, times]
-    return "\n\n".join(parts).replace("`", "")
+def _section_c(h: HistoryResult) -> str:
+    timings, verdicts = history_tables(h, "github")
+    worst = max(h.cases, key=lambda c: c.ratio)
+    passed = all(c.passed for c in h.cases)
+    flush = h.disk_flush
+    smallest = min(h.cases, key=lambda c: c.refresh.median_ms)
+    # Extrapolation, not a measurement: on a durable server the refresh's own commit and the
+    # history write's commit would each wait for one WAL flush.
+    f = flush.median_ms
+    durable = (smallest.with_history.median_ms + 2 * f) / (smallest.refresh.median_ms + f)
+    verdict = f"**{'PASS' if passed else 'FAIL'}** by the ratio of medians: " + (
+        f"on every MV measured, refresh + history write took less than {1 + TARGET:.2f}x "
+        f"the refresh alone; the highest was `{worst.qualname}` at {worst.ratio:.3f}x "
+        f"({worst.added_ms:+.3f} ms)."
+        if passed
+        else f"`{worst.qualname}` took {worst.ratio:.3f}x the refresh alone "
+        f"({worst.added_ms:+.3f} ms on {fmt_ms(worst.refresh.median_ms)} ms), over the "
+        f"{TARGET:.0%} target."
+    )
+    heaviest = max(h.cases, key=lambda c: c.write_share)
+    agrees = (heaviest.write_share < TARGET) == passed
+    direct = (
+        f"Timed directly, the write alone is {100 * heaviest.write_share:.1f} % of the refresh "
+        f"of `{heaviest.qualname}` (medians: {fmt_ms(heaviest.write.median_ms)} ms of "
+        f"{fmt_ms(heaviest.refresh.median_ms)} ms)"
+        + (
+            ", which agrees."
+            if agrees
+            else f", which {'exceeds' if passed else 'is within'} the target: the difference "
+            "of two medians is noisier than the write itself, so both are shown."
+        )
+    )
+    return f"""## C. History-write overhead (issue 4)
+
+Target: *history writes add under {TARGET:.0%} to the duration of a refresh of a small demo MV.*
+
+Data: the `school` and `saas` demo systems loaded by `mv_orchestration.demo.data.load_demo`
+at scale {h.scale:g} ({h.table_rows:,} rows in their tables). Both MVs have a unique index and
+refresh `CONCURRENTLY`; they are the smallest refreshes of the demo, where a fixed per-refresh
+cost weighs most. Per MV, {h.warmup} warm-up rounds (discarded) and {h.rounds} measured rounds,
+one sample of each variant per round, alternating which goes first:
+
+* **(1)** `refresh_view(conn, schema, name)` on an open autocommit connection;
+* **(2)** the same, then `history.record_success(conn, "mvo", result, run_id=...)` on the same
+  connection, exactly as the asset step in `lib/assets.py` does after a successful refresh
+  (`ensure_history` ran once before, outside the clock). The write's own time inside (2) is
+  kept as well, so its cost does not rest only on the difference of two medians.
+
+{timings}
+
+{verdicts}
+
+{verdict} {direct}
+
+What the write is: one single-row `INSERT` into `mvo.refresh_history` (a `bigserial` primary
+key and two indexes) in its own transaction — `BEGIN`, `INSERT`, `COMMIT`, three round trips
+on the open connection (compare the `SELECT 1` row), plus composing the statement in Python.
+The history table held {h.history_rows:,} rows at the end.
+
+Caveat: this server runs with {h.durability},
+like every benchmark here, so no `COMMIT` waits for the disk. On a durable server the
+history write's `COMMIT` also waits for one WAL flush (and so does the refresh's own). One
+8 KiB write + `fdatasync` in the server's data directory on this machine took
+{fmt_ms(flush.median_ms)} ms (median of {flush.n}, p95 {fmt_ms(flush.p95_ms)} ms). *Estimate,
+not measured*: adding one such flush to each commit, `{smallest.qualname}` would come to
+({fmt_ms(smallest.with_history.median_ms)} + 2 * {fmt_ms(f)}) / ({fmt_ms(smallest.refresh.median_ms)} + {fmt_ms(f)})
+= {durable:.3f}x. Rerun this benchmark against a durable server before relying on the target
+there.
+"""
+
+
+def _section_d(w: WriterResult, cpus: str) -> str:
+    table = writer_table(w, "github")
+    base = w.get("none")
+    trig = w.get("trigger")
+    sens = w.get("sensor")
+    fast = w.get("sensor_fast")
+    busy = w.get("busy")
+    control = (
+        f"The control (v) ran at {busy.rate / base.rate:.3f}x (i) with no refreshing at all. "
+        "Most likely, on this virtual machine a lone writer spends much of each round trip "
+        "waiting for an idle CPU to wake up (writer and server process hand every statement "
+        "back and forth), and a busy process nearby keeps the CPUs awake. So a variant above "
+        "(i) does not mean that refreshing helps the writer: the cost of the background work "
+        "is mixed with this effect, whose size (v) shows."
+        if busy.rate > base.rate
+        else f"The control (v) ran at {busy.rate / base.rate:.3f}x (i): a busy CPU nearby "
+        "slows the writer by about that much with no refreshing at all."
+    )
+    summary = (
+        f"With the seed's trigger every single-row insert waits for four full `REFRESH`es: the "
+        f"writer managed {trig.rate:,.1f} inserts/s, {trig.rate / base.rate:.4f}x the "
+        f"{base.rate:,.0f} inserts/s without it. With the change sensor at its default interval "
+        f"it managed {sens.rate / base.rate:.3f}x, and with the sensor ticking every "
+        f"{w.fast_interval_s:g} s ({fast.refresh_runs} refresh runs, {fast.refresh_s:.1f} s of "
+        f"refreshing in {fast.seconds:.0f} s of writing) {fast.rate / base.rate:.3f}x. The "
+        f"sensor's refreshes run in another session, never inside the writer's transaction; "
+        f"they share the machine's {cpus} CPUs with the writer and its server process."
+    )
+    return f"""## D. Writer throughput on `llm_usage.api_usage` (issue 3 a)
+
+The LLM-usage demo (seed 001) loaded by `load_demo` at scale {w.scale:g}: `api_usage`
+(RANGE-partitioned by month, plus a DEFAULT partition) holds {w.table_rows:,} rows at the
+start of every window, and four MVs read it: {", ".join(f"`{m}`" for m in w.matviews)}.
+One writer session inserts single rows, one autocommit `INSERT ... VALUES` (one transaction)
+after another, for {w.window_s:g} s per window. The rows are the demo generator's own (sampled
+from the loaded table, `created_at` left to its default `now()`, so each lands in the current
+month's partition). Variants:
+
+* **(i)** nothing: no refresh machinery.
+* **(ii)** seed 001's refresh-on-insert trigger, translated: the seed's two `FOR EACH
+  STATEMENT` triggers on `api_usage` run `trigger_refresh_analytics_views()`, whose body the
+  seed does not show; it says the function "sends notification" and lists "database triggers
+  (automatic)" among the callers of `refresh_analytics_views()` (four plain `REFRESH`es). No
+  listener appears anywhere in the seed, so the trigger function does both, in the inserting
+  transaction — the only reading under which the seed's views refresh at all. One call of
+  `refresh_analytics_views()` took {fmt_ms(w.trigger_refresh_ms)} ms on this table (median of
+  3, before the windows). After each window the all-time MV is checked to have counted every
+  row, i.e. the trigger refreshed on every insert. As installed:
+
+```sql
+{w.trigger_sql}
+```
+
+* **(iii)** this project's change sensor: a background thread with its own connection that
+  ticks every {w.sensor_interval_s:g} s (`build_change_sensor`'s default
+  `minimum_interval_seconds`), runs `core.changes.fingerprints` for the MVs' source tables
+  ({", ".join(f"`{t}`" for t in w.watched)}) and refreshes the MVs downstream of a change,
+  upstream first, with `refresh_view` — the same database work as the sensor tick plus the
+  run it requests, minus Dagster's run launch, and without the run's history row, checks and
+  preview (a few small queries per MV).
+* **(iv)** the same thread ticking every {w.fast_interval_s:g} s: a stress case,
+  {w.sensor_interval_s / w.fast_interval_s:g}x the default rate.
+* **(v)** a control: no refresh machinery, but another session runs a CPU-bound query
+  (`count(*)` over `generate_series`) for the whole window, cancelled at its end.
+
+Windows rotate through the variants, the order shifting by one each round, for {w.rounds}
+rounds of {len(w.variants)} windows. After each window the rows it inserted are deleted and the table vacuumed (outside the
+clock), so every window starts from the same table. A sensor's cursor and tick clock carry
+over between its windows, and its clock runs only while its own windows run: over its
+{w.rounds} x {w.window_s:g} s it ticks as often as it would in that much wall time (for (iii),
+{sens.ticks} tick(s)). The changes the sensor sees include other variants' inserts and the
+clean-up deletes since its last tick, as a real sensor would. Inserts/s = inserts / wall
+time, summed over a variant's windows.
+
+{table}
+
+{summary}
+
+{control}
+"""
+
+
+def _section_e(fp: FingerprintResult) -> str:
+    table = fingerprint_table(fp, "github")
+    rows = fp.of_kind("rows")
+    tables = fp.of_kind("tables")
+    return f"""## E. Fingerprint query time (issue 3 b)
+
+One `fingerprints(conn, tables)` call (the query the change sensor runs per tick) on one
+database holding {max(c.tables for c in tables):,} small tables ({ROWS_PER_SMALL_TABLE} rows
+each; calls ask for the first 10, 100 or all of them) and one table each of
+{", ".join(f"{c.rows_per_table:,}" for c in rows)} rows, all filled with
+`INSERT ... SELECT generate_series` ({fp.fill_s:.1f} s). The filling session then ran
+`pg_stat_force_next_flush()`, and before timing, each case's fingerprint was checked to count
+exactly the rows inserted, so the counters read are the real ones. Autovacuum is off for these
+tables, so no background vacuum of the big tables competes for the CPUs while calls are timed
+(vacuum does not change the counters read). Calls run on one autocommit connection (each its
+own transaction, so each sees fresh counters; see the `changes.py` docstring),
+{fp.warmup} warm-up rounds and {fp.rounds} measured rounds, each calling every case once in a
+fresh random order (a call over 1,000 tables leaves the caches cold for the next call, so no
+case may always come after it).
+
+{table}
+
+Flat in rows: one table of {rows[-1].rows_per_table:,} rows costs
+{fp.spread("rows"):.2f}x one of {rows[0].rows_per_table:,} rows (medians) — the query reads
+`pg_class`, `pg_namespace`, `pg_database` and the statistics counters, never the table. It
+grows with the number of tables asked for: {tables[-1].tables:,} tables take
+{fp.spread("tables"):.1f}x the time of {tables[0].tables:,}
+({tables[-1].call.median_ms / tables[-1].tables:.3f} ms per table at {tables[-1].tables:,}).
+"""
+
+
+def _section_f(lag: LagResult) -> str:
+    quiet, steady = lag_tables(lag, "github")
+    q = lag.quiet
+    cron = lag.get("cron")
+    sens = lag.get("sensor")
+    n_mvs = len(lag.matviews)
+    if not q.cron_changed:
+        changed_note = ""
+    else:
+        names = ", ".join(f"`{m}`" for m in q.cron_changed)
+        aging = set(q.cron_changed) <= set(q.uses_now)
+        changed_note = f"The others changed {names}" + (
+            ", whose definitions filter on `now()` (a 30-day window): rows leave such an MV as "
+            "time passes, without any write, here during the seconds of real time the "
+            "simulated hour took. A change-driven refresh never sees that; such MVs also "
+            "need a schedule or a freshness policy."
+            if aging
+            else "."
+        )
+    return f"""## F. Quiet hour and commit-to-visible lag (issue 3 c)
+
+Cron `{lag.cron}` ({lag.cron_tz}; the demo's school policy) against the change sensor
+(`build_change_sensor`'s default interval, {lag.sensor_interval_s:g} s), both keeping the
+{n_mvs} LLM-usage MVs fresh ({", ".join(f"`{m}`" for m in lag.matviews)}) over
+`llm_usage.api_usage` ({lag.table_rows:,} rows, demo scale {lag.scale:g}).
+
+**Method: a simulation on a virtual clock, with real queries and real refresh durations.**
+An hour is too long for a benchmark, so each hour is simulated event by event. Everything
+that touches the database is real: single-row `INSERT`s into `api_usage` at their simulated
+commit times; at each sensor tick one real `fingerprints()` call, refreshing only when a
+token moved; at each cron tick (from Dagster's cron iterator, as its scheduler uses) a real
+refresh. A refresh is the {n_mvs} MVs in dependency order with `refresh_view`, and the
+virtual clock advances by the measured duration of each fingerprint call and each refresh.
+The inserts of a simulated minute run back to back in real time, and a busy session hands its
+statistics counters to others at most once a second, so the writer session runs
+`pg_stat_force_next_flush()` before each simulated tick. A real deployment sees a change up
+to about 1 s later while the writer is busy (up to ~10 s after a burst ends), and Dagster adds
+its run launch (see A; seconds with a process-per-run launcher) — neither is simulated.
+
+**(1) A quiet hour (no writes).** The sensor's {q.sensor_ticks} ticks are {q.sensor_ticks}
+real fingerprint calls on the idle table; "refresh runs" counts those whose tokens moved. The
+cron refreshes at each of its ticks whatever the data did; its {q.cron_mv_refreshes} MV
+refreshes were run for real, to time them.
+
+{quiet}
+
+Of the cron's {q.cron_concurrent} `CONCURRENTLY` refreshes in the quiet hour,
+{q.cron_concurrent_noop} inserted and deleted no row — work that changed nothing (the
+plain refreshes of the MV without a unique index cannot tell). {changed_note}
+
+**(2) Steady inserts.** One insert every {lag.insert_every_s:g} simulated seconds (at
+{lag.insert_every_s / 2:g} s, {lag.insert_every_s * 1.5:g} s, ..., between ticks),
+{cron.inserts} in the hour, once per policy. A row's lag is the virtual time at which the
+first refresh that started after its commit finished, minus its commit time; a refresh starts
+at its tick, or when the previous one ends if that is later. After every refresh the
+all-time MV was checked to count exactly the rows committed before it started. Every tick
+falls within the hour (the last one at its end), and each refresh run belongs to one tick.
+
+{steady}
+
+In the quiet hour the cron refreshed {q.cron_ticks} times ({q.cron_mv_refreshes} MV refreshes,
+{q.cron_refresh_s:.1f} s of refreshing) and the sensor {q.sensor_triggering_ticks} times. Under
+steady inserts the sensor refreshed {sens.refresh_runs} times against the cron's
+{cron.refresh_runs}, and a committed row became visible after
+{_s(sens.lag.median_ms)} s (median; p95 {_s(sens.lag.p95_ms)} s) against
+{_s(cron.lag.median_ms)} s (p95 {_s(cron.lag.p95_ms)} s). The sensor refreshes once per tick
+that saw a change, so under steady writes it refreshes as often as it ticks, and not at all
+when nothing changes.
+"""
+
+
+def render_markdown(info: RunInfo, results: Results) -> str:
+    facts = tabulate(list(info.facts), headers=["", ""], tablefmt="github", disable_numparse=True)
+    cpus = dict(info.facts).get("CPUs (nproc)", "?")
+    quick_note = (
+        "\n> **Quick run** (`--quick`): few repetitions and small data, for a smoke test only; "
+        "run without `--quick` for numbers worth quoting.\n"
+        if info.quick
+        else ""
+    )
+    sections: list[str] = []
+    r = results
+    if r.overhead is not None:
+        sections.append(_section_a(r.overhead))
+    if r.discovery is not None:
+        sections.append(_section_b(r.discovery))
+    if r.history is not None:
+        sections.append(_section_c(r.history))
+    if r.writer is not None:
+        sections.append(_section_d(r.writer, cpus))
+    if r.fingerprint is not None:
+        sections.append(_section_e(r.fingerprint))
+    if r.lag is not None:
+        sections.append(_section_f(r.lag))
+    body = "\n".join(sections)
+    return f"""# Benchmarks
+
+Generated by `bench/run.py` on {info.date}; the whole run took {info.total_s:.0f} s.
+Every figure on this page comes from that run: rerun it to refresh the page.
+{quick_note}
+Reproduce (from the repository root; `make bench` runs the same command in `.venv`):
+
+```sh
+{info.command}
+```
+
+## Machine
+
+{facts}
+
+Client, PostgreSQL server and Dagster share these CPUs; nothing else was pinned or isolated.
+
+{body}"""
+
+
+def render_console(results: Results) -> str:
+    parts: list[str] = []
+    r = results
+    if r.overhead is not None:
+        parts += ["A. per-refresh orchestration overhead", *overhead_tables(r.overhead, "simple")]
+    if r.discovery is not None:
+        parts += ["B. catalog discovery", *discovery_tables(r.discovery, "simple")]
+    if r.history is not None:
+        parts += ["C. history-write overhead", *history_tables(r.history, "simple")]
+    if r.writer is not None:
+        parts += ["D. writer throughput", writer_table(r.writer, "simple")]
+    if r.fingerprint is not None:
+        parts += ["E. fingerprint query time", fingerprint_table(r.fingerprint, "simple")]
+    if r.lag is not None:
+        parts += ["F. quiet hour and commit-to-visible lag", *lag_tables(r.lag, "simple")]
+    return "\n\n".join(parts).replace("`", "").replace("**", "")
