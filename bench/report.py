@@ -603,6 +603,22 @@ def _section_d(w: WriterResult, cpus: str) -> str:
         f"sensor's refreshes run in another session, never inside the writer's transaction; "
         f"they share the machine's {cpus} CPUs with the writer and its server process."
     )
+    overlap = min(sens.window_rates) <= max(base.window_rates) and min(base.window_rates) <= max(
+        sens.window_rates
+    )
+    spread = (
+        f" At the default interval the sensor refreshed for {sens.refresh_s:.1f} s of its "
+        f"{sens.seconds:.0f} s ({100 * sens.refresh_s / sens.seconds:.1f} %)"
+        + (
+            f"; its windows' rates ({min(sens.window_rates):,.0f} - "
+            f"{max(sens.window_rates):,.0f} inserts/s) overlap those of (i) "
+            f"({min(base.window_rates):,.0f} - {max(base.window_rates):,.0f}), so the "
+            "difference between them is within this machine's window-to-window noise."
+            if overlap
+            else "."
+        )
+    )
+    summary += spread
     return f"""## D. Writer throughput on `llm_usage.api_usage` (issue 3 a)
 
 The LLM-usage demo (seed 001) loaded by `load_demo` at scale {w.scale:g}: `api_usage`
