@@ -755,7 +755,7 @@ refreshes were run for real, to time them.
 
 Of the cron's {q.cron_concurrent} `CONCURRENTLY` refreshes in the quiet hour,
 {q.cron_concurrent_noop} inserted and deleted no row — work that changed nothing (the
-plain refreshes of the MV without a unique index cannot tell). {changed_note}
+plain refreshes of the MV without a unique index cannot tell).{changed_note}
 
 **(2) Steady inserts.** One insert every {lag.insert_every_s:g} simulated seconds (at
 {lag.insert_every_s / 2:g} s, {lag.insert_every_s * 1.5:g} s, ..., between ticks),
