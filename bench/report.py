@@ -716,7 +716,7 @@ def _section_f(lag: LagResult) -> str:
         names = ", ".join(f"`{m}`" for m in q.cron_changed)
         aging = set(q.cron_changed) <= set(q.uses_now)
         changed_note = (
-            f"The other {q.cron_concurrent - q.cron_concurrent_noop} changed rows of {names}"
+            f" The other {q.cron_concurrent - q.cron_concurrent_noop} changed rows of {names}"
             + (
                 ", whose definitions filter on `now()` (a 30-day window): their aggregates change "
                 "as rows age out of the window, without any write (here during the seconds of "
