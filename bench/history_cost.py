@@ -6,8 +6,8 @@ which goes first:
 
 (1) :func:`~mv_orchestration.core.refresh.refresh_view` alone;
 (2) ``refresh_view`` followed by the history write exactly as the asset step does it
-    (:func:`~mv_orchestration.core.history.record_success` on the same connection, in its own
-    short transaction). ``ensure_history`` runs once beforehand, outside the clock.
+    (:func:`~mv_orchestration.core.history.record_success` on the same autocommit connection:
+    one ``INSERT``, its own transaction). ``ensure_history`` runs once beforehand, outside the clock.
 
 The write's own time inside (2) is also kept, so the report can say what the write costs
 without taking the difference of two noisy medians.
@@ -147,7 +147,7 @@ def run_history_cost(
                 else:
                     b, w = refresh_and_write()
                     a = refresh_only()
-                # One round trip for scale: the write is three (BEGIN, INSERT, COMMIT).
+                # One round trip for scale: the write is one round trip too.
                 t0 = time.perf_counter()
                 conn.execute("SELECT 1")
                 trip = time.perf_counter() - t0

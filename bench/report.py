@@ -559,8 +559,8 @@ one sample of each variant per round, alternating which goes first:
 {verdict} {direct}
 
 What the write is: one single-row `INSERT` into `mvo.refresh_history` (a `bigserial` primary
-key and two indexes) in its own transaction — `BEGIN`, `INSERT`, `COMMIT`, three round trips
-on the open connection (compare the `SELECT 1` row), plus composing the statement in Python.
+key and two indexes), sent on the open autocommit connection as one statement that is its own
+transaction: one round trip (compare the `SELECT 1` row) plus binding the parameters in Python.
 The history table held {h.history_rows:,} rows at the end.
 
 Caveat: this server runs with {h.durability},
