@@ -20,14 +20,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal
 from urllib.parse import quote
 
 import apprise
 import dagster as dg
-from dagster._core.definitions.unresolved_asset_job_definition import (
-    UnresolvedAssetJobDefinition,
-)
 from dagster._time import get_current_timestamp
 
 log = logging.getLogger(__name__)
@@ -479,57 +476,179 @@ def build_freshness_alert_sensor(
 
 
 # --- run failure sensor ---------------------------------------------------------------------
-MonitoredJob: TypeAlias = dg.JobDefinition | UnresolvedAssetJobDefinition | dg.JobSelector
+_FAILURE_CURSOR_VERSION = 1
+# Undelivered failure alerts kept for retry; past this many the oldest are dropped (logged).
+MAX_PENDING_FAILURE_ALERTS = 200
+_FAILURE_FETCH_LIMIT = 100
+
+
+@dataclass(frozen=True)
+class _FailureCursor:
+    after: int  # storage id of the last RUN_FAILURE event read
+    pending: tuple[str, ...]  # run ids whose alert was not delivered yet, oldest first
+
+
+def _load_failure_cursor(cursor: str | None) -> _FailureCursor | None:
+    if not cursor:
+        return None
+    try:
+        data = json.loads(cursor)
+        if data.get("version") != _FAILURE_CURSOR_VERSION:
+            return None
+        return _FailureCursor(
+            after=int(data["after"]), pending=tuple(str(r) for r in data["pending"])
+        )
+    except (ValueError, KeyError, TypeError, AttributeError):
+        log.warning("ignoring unreadable refresh failure alert cursor")
+        return None
+
+
+def _dump_failure_cursor(cursor: _FailureCursor) -> str:
+    return json.dumps(
+        {"version": _FAILURE_CURSOR_VERSION, "after": cursor.after, "pending": cursor.pending},
+        sort_keys=True,
+    )
+
+
+def _same_code_location(run: dg.DagsterRun, context: dg.SensorEvaluationContext) -> bool:
+    """Whether ``run`` was launched from this sensor's code location and repository (as
+    Dagster's run status sensors decide it; both unknown also matches, as in tests)."""
+    origin = run.remote_job_origin
+    run_location = origin.repository_origin.code_location_origin.location_name if origin else None
+    run_repo = origin.repository_origin.repository_name if origin else None
+    location = context.code_location_origin.location_name if context.code_location_origin else None
+    return run_location == location and run_repo == context.repository_name
 
 
 def build_refresh_failure_sensor(
     notifier: Notifier,
     *,
     ui_base_url: str | None = None,
-    monitored_jobs: Sequence[MonitoredJob] | None = None,
+    job_names: Iterable[str] | None = None,
     group_of: Mapping[dg.AssetKey, str] | None = None,
     labels: Mapping[dg.AssetKey, str] | None = None,
     name: str = "mvo_refresh_failures",
-    minimum_interval_seconds: int | None = None,
+    minimum_interval_seconds: int = 30,
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
 ) -> dg.SensorDefinition:
-    """A run failure sensor that alerts once per failed run, naming the view(s) and error.
+    """A sensor that alerts once per failed run of this code location, naming the view(s),
+    SQLSTATE and error.
 
-    ``monitored_jobs=None`` watches every job of the code location. The alert goes to the
-    global destinations plus the groups of the failing views (or of the run's assets); when
-    that is no destination at all (only other groups have some), nothing is sent.
+    It reads Dagster's ``RUN_FAILURE`` events after the one it last read (kept in its cursor,
+    so a daemon restart loses nothing and a run already alerted is never alerted again). An
+    alert that was not delivered stays in the cursor and is retried on every tick until it is
+    (at most :data:`MAX_PENDING_FAILURE_ALERTS` are kept). Dagster's own
+    ``run_failure_sensor`` cannot do that: it moves its cursor past a run even when its
+    function raises. Started for the first time, it watches from the latest failure on.
 
-    Dagster's run status sensors advance their cursor past a run even when the sensor function
-    raises, so an undeliverable failure alert is reported as a failed tick, not retried.
+    ``job_names=None`` watches every job of the code location. The alert goes to the global
+    destinations plus the groups of the failing views (or of the run's assets); when that is
+    no destination at all (only other groups have some), nothing is sent.
     """
     groups = dict(group_of or {})
     key_of_view = {label: key for key, label in (labels or {}).items()}
+    jobs = frozenset(job_names) if job_names is not None else None
 
-    @dg.run_failure_sensor(
-        name=name,
-        monitored_jobs=list(monitored_jobs) if monitored_jobs else None,
-        minimum_interval_seconds=minimum_interval_seconds,
-        default_status=default_status,
-        description="Notifies (apprise) when a refresh run fails, naming the view and SQLSTATE.",
-    )
-    def _refresh_failures(context: dg.RunFailureSensorContext) -> None:
-        run = context.dagster_run
-        failures = refresh_failures(context.get_step_failure_events())
+    def _alert_for(
+        instance: dg.DagsterInstance, run: dg.DagsterRun
+    ) -> tuple[Alert, list[str]] | None:
+        records = instance.get_records_for_run(
+            run.run_id, of_type={dg.DagsterEventType.STEP_FAILURE, dg.DagsterEventType.RUN_FAILURE}
+        ).records
+        events = [r.event_log_entry.dagster_event for r in records]
+        step_failures = [
+            e for e in events if e is not None and e.event_type == dg.DagsterEventType.STEP_FAILURE
+        ]
+        run_failure = next(
+            (
+                e
+                for e in events
+                if e is not None and e.event_type == dg.DagsterEventType.RUN_FAILURE
+            ),
+            None,
+        )
+        failures = refresh_failures(step_failures)
         alert = run_failure_alert(
             job_name=run.job_name,
             run_id=run.run_id,
             failures=failures,
-            run_message=context.failure_event.message,
+            run_message=run_failure.message if run_failure is not None else None,
             ui_base_url=ui_base_url,
         )
         failing_keys = [key_of_view[f.view] for f in failures if f.view and f.view in key_of_view]
         keys = failing_keys or list(run.asset_selection or ())
         alert_groups = sorted({groups[k] for k in keys if k in groups})
         if not notifier.has_destinations(alert_groups):
-            context.log.info(f"no destination for group(s) {alert_groups}: {alert.title}")
-            return
-        if not notifier.send(alert.title, alert.body, group=alert_groups, severity=alert.severity):
-            raise RuntimeError(f"failure alert for run {run.run_id} was not delivered")
-        context.log.info(f"sent: {alert.title}")
+            return None
+        return alert, alert_groups
+
+    @dg.sensor(
+        name=name,
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=default_status,
+        description="Notifies (apprise) when a refresh run fails, naming the view and SQLSTATE. "
+        "One alert per failed run; an undelivered one is retried every tick.",
+    )
+    def _refresh_failures(context: dg.SensorEvaluationContext) -> dg.SkipReason:
+        instance = context.instance
+        state = _load_failure_cursor(context.cursor)
+        if state is None:
+            latest = instance.fetch_run_status_changes(
+                dg.DagsterEventType.RUN_FAILURE, limit=1
+            ).records
+            state = _FailureCursor(after=latest[0].storage_id if latest else -1, pending=())
+            context.update_cursor(_dump_failure_cursor(state))
+            return dg.SkipReason("watching for failed runs from now on")
+
+        records = instance.fetch_run_status_changes(
+            dg.RunStatusChangeRecordsFilter(
+                event_type=dg.DagsterEventType.RUN_FAILURE, after_storage_id=state.after
+            ),
+            limit=_FAILURE_FETCH_LIMIT,
+            ascending=True,
+        ).records
+        after = records[-1].storage_id if records else state.after
+        candidates = list(
+            dict.fromkeys([*state.pending, *(r.event_log_entry.run_id for r in records)])
+        )
+        runs = (
+            {
+                r.dagster_run.run_id: r.dagster_run
+                for r in instance.get_run_records(filters=dg.RunsFilter(run_ids=candidates))
+            }
+            if candidates
+            else {}
+        )
+        pending: list[str] = []
+        sent = 0
+        for run_id in candidates:
+            run = runs.get(run_id)
+            if run is None or not _same_code_location(run, context):
+                continue  # deleted, or another code location's run
+            if jobs is not None and run.job_name not in jobs:
+                continue
+            found = _alert_for(instance, run)
+            if found is None:
+                context.log.info(f"no destination for the groups of failed run {run_id}")
+                continue
+            alert, alert_groups = found
+            if notifier.send(alert.title, alert.body, group=alert_groups, severity=alert.severity):
+                sent += 1
+                context.log.info(f"sent: {alert.title}")
+            else:
+                pending.append(run_id)
+                context.log.warning(f"not delivered, will retry next tick: {alert.title}")
+        if len(pending) > MAX_PENDING_FAILURE_ALERTS:
+            dropped = pending[: len(pending) - MAX_PENDING_FAILURE_ALERTS]
+            pending = pending[len(dropped) :]
+            context.log.error(
+                f"dropped {len(dropped)} undelivered failure alerts (oldest first, keeping "
+                f"{MAX_PENDING_FAILURE_ALERTS}): runs {', '.join(dropped)}"
+            )
+        context.update_cursor(_dump_failure_cursor(_FailureCursor(after, tuple(pending))))
+        return dg.SkipReason(
+            f"{len(records)} new failed run(s); {sent} alerts sent"
+            + (f", {len(pending)} pending (retried next tick)" if pending else "")
+        )
 
     return _refresh_failures

@@ -406,6 +406,51 @@ def test_failed_refresh_run_alerts_once_with_view_and_sqlstate(
         assert receiver.take() == []
 
 
+def test_undelivered_failure_alert_is_retried_until_delivered_even_across_restarts(
+    db_url: str,
+    shop: psycopg.Connection[Any],
+    instance: dg.DagsterInstance,
+    receiver: Receiver,
+    tmp_path: Path,
+) -> None:
+    t0 = datetime.now(UTC).replace(microsecond=0)
+    shop.execute("INSERT INTO shop.divisors VALUES (0)")
+    title = "[FAILED] refresh of shop.mv_ratio failed (SQLSTATE 22012)"
+    with harness(instance, tmp_path, db_url, receiver.url()) as h:
+        with freeze_time(t0):
+            h.tick_sensors()
+        with freeze_time(t0 + timedelta(minutes=1)):
+            first = h.materialize([RATIO])
+            assert first.status == DagsterRunStatus.FAILURE
+        # the destination is down for two ticks: nothing arrives, the ticks do not fail
+        receiver.fail_next = 2
+        attempts = receiver.attempts
+        for minute in (2, 3):
+            with freeze_time(t0 + timedelta(minutes=minute)):
+                h.tick_sensors()
+        assert receiver.take() == [] and receiver.attempts == attempts + 2
+        # a second failure while the first is still pending
+        with freeze_time(t0 + timedelta(minutes=4)):
+            second = h.materialize([RATIO])
+            assert second.status == DagsterRunStatus.FAILURE
+
+    # the daemon restarts (a new workspace over the same instance): both are still owed
+    receiver.fail_next = 1  # the first of the two deliveries fails once more
+    with harness(instance, tmp_path, db_url, receiver.url()) as h:
+        with freeze_time(t0 + timedelta(minutes=5)):
+            h.tick_sensors()
+        (delivered,) = receiver.take()
+        assert delivered["title"] == title and f"Run: {second.run_id}" in delivered["message"]
+        with freeze_time(t0 + timedelta(minutes=6)):
+            h.tick_sensors()
+        (delivered,) = receiver.take()
+        assert delivered["title"] == title and f"Run: {first.run_id}" in delivered["message"]
+        for minute in (7, 8):
+            with freeze_time(t0 + timedelta(minutes=minute)):
+                h.tick_sensors()
+        assert receiver.take() == []
+
+
 # --- routing by group: policy file + environment, through build_from_settings -----------------
 FIN_SALES = K(["fin", "mv_sales"])
 FIN_RATIO = K(["fin", "mv_ratio"])
