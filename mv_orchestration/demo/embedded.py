@@ -32,7 +32,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
 import psycopg
@@ -443,13 +443,17 @@ class PersistentServer:
         wait_ready(url)
         return url
 
-    def stop(self) -> bool:
-        """Stop the server if it runs; True when it was running."""
+    def stop(self, mode: Literal["fast", "immediate"] = "fast") -> bool:
+        """Stop the server if it runs; True when it was running.
+
+        ``fast`` shuts down cleanly; ``immediate`` is a crash as far as the server's state
+        goes (recovery on the next start, statistics counters lost).
+        """
         if self._pid() is None:
             return False
         user = _server_os_user()
         bindir = _usable_bindir(user)
-        _run([str(bindir / "pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "stop"], user)
+        _run([str(bindir / "pg_ctl"), "-D", str(self.pgdata), "-m", mode, "-w", "stop"], user)
         return True
 
 

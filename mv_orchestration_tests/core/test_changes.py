@@ -7,8 +7,12 @@ is followed by ``pg_stat_force_next_flush()`` in the writing session, so no test
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -26,6 +30,7 @@ from mv_orchestration.core.changes import (
     tokens_from_json,
     tokens_to_json,
 )
+from mv_orchestration.demo.embedded import PersistentServer
 from mv_orchestration.errors import CatalogError
 from mv_orchestration_tests.conftest import flushed
 
@@ -164,6 +169,41 @@ def test_stats_reset_counts_as_change(
     two = fp(reader, ORDERS)
     assert two.inserted == one.inserted == 1
     assert two.token != one.token
+
+
+def test_server_restart_and_crash_count_as_change() -> None:
+    """A clean restart keeps the counters (PostgreSQL 15+ saves them) and a crash discards
+    them; either way every token moves, so counters that come back to an old value after a
+    crash are never read as "no change"."""
+    # not pytest's tmp_path: its 0700 parents would keep out the server's OS user under root
+    root = Path(tempfile.mkdtemp(prefix="mvo-test-restart-"))
+    os.chmod(root, 0o755)
+    server = PersistentServer(root / "pg")
+    url = server.start()
+    try:
+        with psycopg.connect(url, autocommit=True) as c:
+            flushed(c, "CREATE TABLE t (x int); INSERT INTO t VALUES (1), (2)")
+            before = fp(c, R("public", "t"))
+        server.stop()  # clean: counters are written out and read back
+        server.start()
+        with psycopg.connect(url, autocommit=True) as c:
+            restarted = fp(c, R("public", "t"))
+        assert restarted.inserted == before.inserted == 2
+        assert restarted.server_started > before.server_started
+        assert restarted.token != before.token
+        server.stop(mode="immediate")  # a crash: counters are lost
+        server.start()
+        with psycopg.connect(url, autocommit=True) as c:
+            crashed = fp(c, R("public", "t"))
+            # two new rows bring the counters back to the values before the crash
+            flushed(c, "INSERT INTO t VALUES (3), (4)")
+            again = fp(c, R("public", "t"))
+        assert crashed.inserted == 0
+        assert again.inserted == restarted.inserted and again.storage == restarted.storage
+        assert len({before.token, restarted.token, crashed.token, again.token}) == 4
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_one_query_per_call(
