@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -207,28 +207,65 @@ WHERE r.relkind IN ('r', 'p', 'f', 'v', 'm')
   AND dn.nspname NOT IN ('pg_catalog', 'information_schema')
 """
 
+# pg_get_viewdef, pg_get_indexdef and pg_total_relation_size take an ACCESS SHARE lock on
+# the relation, so they would wait for as long as another session holds an ACCESS EXCLUSIVE
+# lock on it — a plain (blocking) REFRESH of that MV, an ALTER, a DROP, a TRUNCATE of a table
+# it reads — and with them the code location load, every run worker and the CLI. Relations
+# that another session holds or awaits ACCESS EXCLUSIVE on (the relation, its TOAST table, one
+# of its indexes, or for a view or MV a relation its query names) are "busy": the
+# queries below skip those functions for them (CASE evaluates lazily). lock_timeout in
+# read_catalog covers the race of a lock taken between the two statements.
+_BUSY_SQL = """
+SELECT coalesce(array_agg(DISTINCT l.relation), '{}') AS busy
+FROM pg_locks l
+WHERE l.locktype = 'relation' AND l.mode = 'AccessExclusiveLock'
+  AND l.pid <> pg_backend_pid()
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+"""
+
+# pg_get_viewdef also locks every relation the view's query names (it runs
+# AcquireRewriteLocks on the stored rule), so a view or MV over a busy relation is busy too.
+_IS_BUSY = """(c.oid = ANY(%(busy)s::oid[]) OR c.reltoastrelid = ANY(%(busy)s::oid[])
+       OR EXISTS (SELECT 1 FROM pg_index bi
+                  WHERE bi.indrelid = c.oid AND bi.indexrelid = ANY(%(busy)s::oid[]))
+       OR EXISTS (SELECT 1 FROM pg_rewrite br
+                  JOIN pg_depend bd ON bd.classid = 'pg_rewrite'::regclass
+                   AND bd.objid = br.oid AND bd.refclassid = 'pg_class'::regclass
+                  WHERE br.ev_class = c.oid AND bd.refobjid = ANY(%(busy)s::oid[])))"""
+
 _MATVIEWS_SQL = """
 SELECT n.nspname AS schema, c.relname AS name, pg_get_userbyid(c.relowner) AS owner,
-       pg_get_viewdef(c.oid, true) AS definition, c.relispopulated AS populated,
-       pg_total_relation_size(c.oid) AS size_bytes,
+       CASE WHEN NOT b.busy THEN pg_get_viewdef(c.oid, true) END AS definition,
+       c.relispopulated AS populated,
+       CASE WHEN b.busy
+            -- an estimate from the page counts of the last VACUUM/ANALYZE/index build
+            THEN (c.relpages + coalesce((SELECT sum(ic.relpages) FROM pg_index i
+                                         JOIN pg_class ic ON ic.oid = i.indexrelid
+                                         WHERE i.indrelid = c.oid), 0)
+                 )::bigint * current_setting('block_size')::bigint
+            ELSE pg_total_relation_size(c.oid) END AS size_bytes,
        obj_description(c.oid, 'pg_class') AS comment,
-       t.spcname AS tablespace
+       t.spcname AS tablespace, b.busy
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 LEFT JOIN pg_tablespace t ON t.oid = c.reltablespace
+CROSS JOIN LATERAL (SELECT @IS_BUSY@ AS busy) b
 WHERE c.relkind = 'm' AND (%(all)s OR n.nspname = ANY(%(schemas)s))
   AND n.nspname <> ALL(%(exclude)s)
 ORDER BY n.nspname, c.relname
-"""
+""".replace("@IS_BUSY@", _IS_BUSY)
 
 _RELATIONS_SQL = """
 SELECT n.nspname AS schema, c.relname AS name, c.relkind::text AS relkind,
        pg_get_userbyid(c.relowner) AS owner, obj_description(c.oid, 'pg_class') AS comment,
-       CASE WHEN c.relkind = 'v' THEN pg_get_viewdef(c.oid, true) END AS definition
+       CASE WHEN c.relkind = 'v' AND NOT b.busy THEN pg_get_viewdef(c.oid, true) END
+           AS definition,
+       b.busy
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
+CROSS JOIN LATERAL (SELECT @IS_BUSY@ AS busy) b
 WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest(%(schemas)s::text[], %(names)s::text[]))
-"""
+""".replace("@IS_BUSY@", _IS_BUSY)
 
 _COLUMNS_SQL = """
 SELECT n.nspname AS schema, c.relname AS name, a.attname AS column_name,
@@ -248,7 +285,10 @@ SELECT n.nspname AS schema, c.relname AS name, ic.relname AS index_name,
        i.indisvalid AS valid, i.indimmediate AS immediate,
        i.indexprs IS NOT NULL AS has_expressions, i.indpred IS NOT NULL AS partial,
        am.amname AS access_method,
-       ARRAY(SELECT coalesce(a.attname, pg_get_indexdef(i.indexrelid, k.ord::int, true))
+       ARRAY(SELECT coalesce(a.attname,
+                             CASE WHEN NOT b.busy
+                                  THEN pg_get_indexdef(i.indexrelid, k.ord::int, true)
+                                  ELSE '(expression)' END)
              FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
              LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
              WHERE k.ord <= i.indnkeyatts
@@ -258,10 +298,11 @@ JOIN pg_class c ON c.oid = i.indrelid AND c.relkind = 'm'
 JOIN pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_class ic ON ic.oid = i.indexrelid
 JOIN pg_am am ON am.oid = ic.relam
+CROSS JOIN LATERAL (SELECT @IS_BUSY@ AS busy) b
 WHERE i.indisunique
   AND (n.nspname, c.relname) IN (SELECT * FROM unnest(%(schemas)s::text[], %(names)s::text[]))
 ORDER BY n.nspname, c.relname, ic.relname
-"""
+""".replace("@IS_BUSY@", _IS_BUSY)
 
 
 def _index_from_row(row: dict[str, Any]) -> UniqueIndex:
@@ -289,31 +330,71 @@ def _unzip(refs: Iterable[RelationRef]) -> dict[str, list[str]]:
     return {"schemas": [r.schema for r in refs], "names": [r.name for r in refs]}
 
 
+# How long one catalog statement may wait for a relation lock (only a lock taken in the
+# instant between reading pg_locks and the statement can make it wait), and how often the
+# whole read is tried again after such a wait.
+CATALOG_LOCK_TIMEOUT_MS = 500
+CATALOG_LOCK_RETRIES = 3
+
+
 def read_catalog(
     conn: psycopg.Connection[Any],
     schemas: Sequence[str] | None = None,
     *,
     exclude_schemas: Sequence[str] = (),
+    previous: CatalogSnapshot | None = None,
 ) -> CatalogSnapshot:
     """Describe every materialized view in ``schemas`` (all user schemas when None).
 
     Runs a handful of catalog queries inside one REPEATABLE READ read-only transaction so the
     result is one consistent picture. The caller owns the connection.
+
+    Never waits for a relation that another session holds (or awaits) an ACCESS EXCLUSIVE
+    lock on, such as an MV in the middle of a blocking refresh or a view over a table being
+    truncated: for such a relation the definition (and an MV's index expressions and size)
+    come from ``previous`` when it describes the same relation; without it the definition is
+    empty and the size an estimate from page counts.
     """
     if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
         raise CatalogError("read_catalog needs a connection that is not inside a transaction")
+    for attempt in range(1, CATALOG_LOCK_RETRIES + 1):
+        try:
+            return _read_catalog_once(conn, schemas, exclude_schemas, previous)
+        except psycopg.errors.LockNotAvailable as exc:
+            if attempt == CATALOG_LOCK_RETRIES:
+                raise CatalogError(
+                    f"reading the catalog kept waiting for relation locks "
+                    f"({CATALOG_LOCK_RETRIES} tries): {str(exc).strip()}"
+                ) from exc
+    raise AssertionError("unreachable")
+
+
+def _read_catalog_once(
+    conn: psycopg.Connection[Any],
+    schemas: Sequence[str] | None,
+    exclude_schemas: Sequence[str],
+    previous: CatalogSnapshot | None,
+) -> CatalogSnapshot:
     exclude = [*SYSTEM_SCHEMAS, *exclude_schemas]
     with (
         conn.transaction(),
         conn.cursor(row_factory=dict_row) as cur,
     ):
         cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        cur.execute("SELECT set_config('lock_timeout', %s, true)", [f"{CATALOG_LOCK_TIMEOUT_MS}ms"])
         cur.execute("SELECT current_database() AS db, current_setting('server_version') AS v")
         head = cur.fetchone()
         assert head is not None
+        busy_row = cur.execute(_BUSY_SQL).fetchone()
+        busy: list[int] = list(busy_row["busy"]) if busy_row else []
         cur.execute(
             _MATVIEWS_SQL,
-            {"all": schemas is None, "schemas": list(schemas or []), "exclude": exclude},
+            {
+                "all": schemas is None,
+                "schemas": list(schemas or []),
+                "exclude": exclude,
+                "busy": busy,
+            },
         )
         mv_rows = cur.fetchall()
 
@@ -336,7 +417,7 @@ def read_catalog(
             frontier.extend(deps.get(ref, ()))  # only views and MVs have entries
         needed -= set(mv_refs)
 
-        cur.execute(_RELATIONS_SQL, _unzip(needed))
+        cur.execute(_RELATIONS_SQL, {**_unzip(needed), "busy": busy})
         rel_rows = cur.fetchall()
         cur.execute(_COLUMNS_SQL, _unzip([*mv_refs, *needed]))
         columns: dict[RelationRef, list[Column]] = {}
@@ -344,15 +425,23 @@ def read_catalog(
             columns.setdefault(RelationRef(row["schema"], row["name"]), []).append(
                 Column(row["column_name"], row["data_type"], row["nullable"])
             )
-        cur.execute(_UNIQUE_INDEXES_SQL, _unzip(mv_refs))
+        cur.execute(_UNIQUE_INDEXES_SQL, {**_unzip(mv_refs), "busy": busy})
         indexes: dict[RelationRef, list[UniqueIndex]] = {}
         for row in cur.fetchall():
             indexes.setdefault(RelationRef(row["schema"], row["name"]), []).append(
                 _index_from_row(row)
             )
 
-    matviews = tuple(
-        MaterializedView(
+    def earlier_mv(ref: RelationRef) -> MaterializedView | None:
+        if previous is None:
+            return None
+        try:
+            return previous.matview(ref)
+        except KeyError:
+            return None
+
+    def mv_from_row(r: dict[str, Any], ref: RelationRef) -> MaterializedView:
+        mv = MaterializedView(
             schema=r["schema"],
             name=r["name"],
             owner=r["owner"],
@@ -365,8 +454,29 @@ def read_catalog(
             comment=r["comment"],
             tablespace=r["tablespace"],
         )
-        for r, ref in zip(mv_rows, mv_refs, strict=True)
-    )
+        earlier = earlier_mv(ref) if r["busy"] else None
+        if earlier is None:
+            return mv
+        # what a lock kept us from reading: the SQL, index expressions and exact size (the
+        # index list and flags are live)
+        earlier_columns = {ix.name: ix.columns for ix in earlier.unique_indexes}
+        return replace(
+            mv,
+            definition=earlier.definition,
+            size_bytes=earlier.size_bytes,
+            unique_indexes=tuple(
+                replace(ix, columns=earlier_columns.get(ix.name, ix.columns))
+                for ix in mv.unique_indexes
+            ),
+        )
+
+    def view_definition(r: dict[str, Any]) -> str | None:
+        if not r["busy"] or r["relkind"] != "v":
+            return r["definition"]  # type: ignore[no-any-return]
+        earlier = previous.relation(RelationRef(r["schema"], r["name"])) if previous else None
+        return earlier.definition if earlier is not None else None
+
+    matviews = tuple(mv_from_row(r, ref) for r, ref in zip(mv_rows, mv_refs, strict=True))
     relations = tuple(
         sorted(
             (
@@ -378,7 +488,7 @@ def read_catalog(
                     comment=r["comment"],
                     columns=tuple(columns.get(RelationRef(r["schema"], r["name"]), ())),
                     upstream=tuple(sorted(deps.get(RelationRef(r["schema"], r["name"]), ()))),
-                    definition=r["definition"],
+                    definition=view_definition(r),
                 )
                 for r in rel_rows
             ),

@@ -93,21 +93,25 @@ class Fingerprint:
 
 
 # Every parameter is an array, so the plan is the same for any list of tables. Partitioned
-# roots are expanded with pg_partition_tree(); only members with storage (plain tables and
-# MVs, not foreign partitions) contribute counters and files.
+# roots are expanded through pg_inherits, not pg_partition_tree(): that function takes an
+# ACCESS SHARE lock on every partition and would make the tick wait behind a TRUNCATE or
+# ALTER of one. Only members with storage (plain tables and MVs, not foreign partitions or
+# partitioned sub-trees) contribute counters and files. Nothing here locks a relation.
 FINGERPRINT_SQL = """
-WITH wanted AS (
+WITH RECURSIVE wanted AS (
     SELECT w.schema_name, w.rel_name, c.oid, c.relkind
     FROM unnest(%(schemas)s::text[], %(names)s::text[]) AS w(schema_name, rel_name)
     JOIN pg_namespace n ON n.nspname = w.schema_name
     JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = w.rel_name
     WHERE c.relkind IN ('r', 'p', 'm')
 ), members AS (
-    SELECT w.oid AS root, w.oid AS member FROM wanted w WHERE w.relkind <> 'p'
+    SELECT w.oid AS root, w.oid AS member, w.relkind FROM wanted w
     UNION ALL
-    SELECT w.oid, t.relid
-    FROM wanted w CROSS JOIN LATERAL pg_partition_tree(w.oid) AS t
-    WHERE w.relkind = 'p' AND t.isleaf
+    SELECT mb.root, i.inhrelid, pc.relkind
+    FROM members mb
+    JOIN pg_inherits i ON i.inhparent = mb.member
+    JOIN pg_class pc ON pc.oid = i.inhrelid
+    WHERE mb.relkind = 'p'
 )
 SELECT w.schema_name, w.rel_name, w.oid::bigint AS oid,
        coalesce(sum(pg_stat_get_tuples_inserted(m.oid)), 0)::bigint AS inserted,

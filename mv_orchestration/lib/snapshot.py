@@ -52,18 +52,20 @@ def load_snapshot(
     is unreachable; runs then fail with the connection error instead of the UI going blank.
     """
     path = cache_file(cache_dir, alias, dsn, schemas, exclude_schemas) if cache_dir else None
+    cached = _read_cache(path)
     try:
         with psycopg.connect(
             dsn, autocommit=True, connect_timeout=connect_timeout_s, application_name="mvo-catalog"
         ) as conn:
-            snapshot = read_catalog(conn, schemas, exclude_schemas=exclude_schemas)
+            # the cached copy also fills in what a relation lock keeps from being read now
+            snapshot = read_catalog(conn, schemas, exclude_schemas=exclude_schemas, previous=cached)
     except psycopg.OperationalError as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if path is not None and path.exists():
+        if cached is not None:
             log.warning(
                 "database %s unreachable (%s); using cached catalog %s", alias, reason, path
             )
-            return CatalogSnapshot.from_json(path.read_text())
+            return cached
         raise CatalogError(f"cannot read the catalog of database {alias!r}: {reason}") from exc
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -71,3 +73,13 @@ def load_snapshot(
         tmp.write_text(snapshot.to_json())
         tmp.replace(path)
     return snapshot
+
+
+def _read_cache(path: Path | None) -> CatalogSnapshot | None:
+    if path is None or not path.exists():
+        return None
+    try:
+        return CatalogSnapshot.from_json(path.read_text())
+    except (OSError, ValueError, KeyError, TypeError, CatalogError) as exc:
+        log.warning("ignoring unreadable catalog cache %s (%s)", path, type(exc).__name__)
+        return None

@@ -209,3 +209,42 @@ def test_refuses_connection_inside_transaction(conn: psycopg.Connection[Any]) ->
 def test_refresh_order_rejects_unknown(lineage: CatalogSnapshot) -> None:
     with pytest.raises(CatalogError, match=r"app\.orders"):
         LineageGraph(lineage).refresh_order([R("app", "orders")])
+
+
+def test_does_not_wait_for_an_mv_locked_by_a_blocking_refresh(
+    db_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    """A plain REFRESH holds ACCESS EXCLUSIVE on the MV (and its indexes) until it commits;
+    reading the catalog meanwhile must neither wait nor lose what it knew about the MV."""
+    conn.execute(LINEAGE_DDL)
+    conn.execute("CREATE UNIQUE INDEX mv_total_expr ON app.mv_total ((total * 2))")
+    before = read_catalog(conn, ["app"])
+    locked = R("app", "mv_total")
+    with psycopg.connect(db_url) as holder:  # a transaction left open, as a long refresh is
+        holder.execute("REFRESH MATERIALIZED VIEW app.mv_total")
+        holder.execute("ALTER VIEW app.v_regions RENAME TO v_regions_tmp")
+        holder.execute("ALTER VIEW app.v_regions_tmp RENAME TO v_regions")
+        # without the lock-free path a catalog function would wait here; this bound makes
+        # such a wait fail the test instead of hanging it
+        conn.execute("SET statement_timeout = '20s'")
+        with_previous = read_catalog(conn, ["app"], previous=before)
+        without = read_catalog(conn, ["app"])
+        holder.rollback()
+    conn.execute("RESET statement_timeout")
+
+    assert with_previous.matview(locked) == before.matview(locked)
+    assert with_previous.relation(R("app", "v_regions")) == before.relation(R("app", "v_regions"))
+    # the others are read live as usual
+    assert [m for m in with_previous.matviews if m.ref != locked] == [
+        m for m in before.matviews if m.ref != locked
+    ]
+    # without an earlier snapshot: everything but the SQL, the expression and the exact size
+    bare = without.matview(locked)
+    assert bare.definition == "" and bare.upstream == before.matview(locked).upstream
+    assert [ix.columns for ix in bare.unique_indexes] == [("(expression)",)]
+    assert bare.size_bytes >= 0
+    assert without.relation(R("app", "v_regions")).definition is None
+    # once the lock is gone, everything is live again
+    assert (
+        read_catalog(conn, ["app"]).matview(locked).definition == before.matview(locked).definition
+    )
