@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -510,14 +510,20 @@ def _dump_failure_cursor(cursor: _FailureCursor) -> str:
     )
 
 
-def _same_code_location(run: dg.DagsterRun, context: dg.SensorEvaluationContext) -> bool:
-    """Whether ``run`` was launched from this sensor's code location and repository (as
-    Dagster's run status sensors decide it; both unknown also matches, as in tests)."""
+def _is_ours(
+    run: dg.DagsterRun, context: dg.SensorEvaluationContext, asset_keys: Collection[dg.AssetKey]
+) -> bool:
+    """Whether ``run`` is this code location's: launched from it (same location and
+    repository, as Dagster's run status sensors decide it), or run in process without an
+    origin — ``mvo refresh`` does that — on some of its assets."""
     origin = run.remote_job_origin
-    run_location = origin.repository_origin.code_location_origin.location_name if origin else None
-    run_repo = origin.repository_origin.repository_name if origin else None
+    if origin is None:
+        return bool(set(run.asset_selection or ()) & set(asset_keys))
     location = context.code_location_origin.location_name if context.code_location_origin else None
-    return run_location == location and run_repo == context.repository_name
+    return (
+        origin.repository_origin.code_location_origin.location_name == location
+        and origin.repository_origin.repository_name == context.repository_name
+    )
 
 
 def build_refresh_failure_sensor(
@@ -541,12 +547,15 @@ def build_refresh_failure_sensor(
     ``run_failure_sensor`` cannot do that: it moves its cursor past a run even when its
     function raises. Started for the first time, it watches from the latest failure on.
 
-    ``job_names=None`` watches every job of the code location. The alert goes to the global
+    Runs launched from this code location count, and runs executed in process without an
+    origin (``mvo refresh``) on any of its assets. ``job_names=None`` watches every job of the
+    code location. The alert goes to the global
     destinations plus the groups of the failing views (or of the run's assets); when that is
     no destination at all (only other groups have some), nothing is sent.
     """
     groups = dict(group_of or {})
     key_of_view = {label: key for key, label in (labels or {}).items()}
+    known_keys = frozenset(groups) | frozenset(key_of_view.values())
     jobs = frozenset(job_names) if job_names is not None else None
 
     def _alert_for(
@@ -623,7 +632,7 @@ def build_refresh_failure_sensor(
         sent = 0
         for run_id in candidates:
             run = runs.get(run_id)
-            if run is None or not _same_code_location(run, context):
+            if run is None or not _is_ours(run, context, known_keys):
                 continue  # deleted, or another code location's run
             if jobs is not None and run.job_name not in jobs:
                 continue

@@ -451,6 +451,33 @@ def test_undelivered_failure_alert_is_retried_until_delivered_even_across_restar
         assert receiver.take() == []
 
 
+def test_failed_cli_run_alerts_too(
+    db_url: str,
+    shop: psycopg.Connection[Any],
+    instance: dg.DagsterInstance,
+    receiver: Receiver,
+    tmp_path: Path,
+) -> None:
+    """``mvo refresh`` executes its run in process (no code-location origin); a failure of
+    one of the location's views still alerts."""
+    t0 = datetime.now(UTC).replace(microsecond=0)
+    shop.execute("INSERT INTO shop.divisors VALUES (0)")
+    with harness(instance, tmp_path, db_url, receiver.url()) as h:
+        with freeze_time(t0):
+            h.tick_sensors()
+        job = alerting_definitions(db_url, receiver.url()).resolve_implicit_global_asset_job_def()
+        with freeze_time(t0 + timedelta(minutes=1)):
+            result = job.execute_in_process(
+                instance=instance, asset_selection=[RATIO], raise_on_error=False
+            )
+        assert not result.success
+        with freeze_time(t0 + timedelta(minutes=2)):
+            h.tick_sensors()
+        (alert,) = receiver.take()
+        assert alert["title"] == "[FAILED] refresh of shop.mv_ratio failed (SQLSTATE 22012)"
+        assert f"Run: {result.run_id}" in alert["message"]
+
+
 # --- routing by group: policy file + environment, through build_from_settings -----------------
 FIN_SALES = K(["fin", "mv_sales"])
 FIN_RATIO = K(["fin", "mv_ratio"])
