@@ -225,6 +225,7 @@ class RefreshFailure:
     sqlstate: str | None
     error: str | None
     description: str | None
+    lock_holders: str | None = None  # on a lock timeout: who held the lock, one "- …" line each
 
 
 def _meta_text(metadata: Mapping[str, Any], key: str) -> str | None:
@@ -251,6 +252,7 @@ def refresh_failures(step_failure_events: Iterable[dg.DagsterEvent]) -> list[Ref
                 sqlstate=_meta_text(metadata, "sqlstate"),
                 error=_meta_text(metadata, "error"),
                 description=description or event.message,
+                lock_holders=_meta_text(metadata, "lock_holders"),
             )
         )
     return found
@@ -282,6 +284,8 @@ def run_failure_alert(
             lines.append(f"Error: {f.error}")
         if f.description and f.description != f.error:
             lines.append(f"Details: {f.description}")
+        if f.lock_holders:
+            lines.append(f"Lock held by:\n{f.lock_holders}")
     if not failures and run_message:
         lines.append(f"Details: {run_message}")
     lines.append(f"Run: {run_id} (job {job_name})")

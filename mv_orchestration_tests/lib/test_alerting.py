@@ -75,13 +75,19 @@ CREATE MATERIALIZED VIEW shop.mv_ratio AS SELECT 100 / d AS r FROM shop.divisors
 
 
 # --- the code location under test -----------------------------------------------------------
-def alerting_definitions(db_url: str, alert_url: str) -> dg.Definitions:
-    """MV assets from the live catalog, a freshness policy on each MV, and both alert sensors."""
+def alerting_definitions(db_url: str, alert_url: str, fast_locks: bool = False) -> dg.Definitions:
+    """MV assets from the live catalog, a freshness policy on each MV, and both alert sensors.
+
+    ``fast_locks``: give up on a lock after 0.3 s, with no retry.
+    """
     with psycopg.connect(db_url, autocommit=True) as conn:
         snapshot = read_catalog(conn, ["shop"])
+    locks: dict[str, Any] = (
+        {"lock_timeout_s": 0.3, "lock_retries": 0, "transient_retries": 0} if fast_locks else {}
+    )
     target = DatabaseTarget(
         alias="default",
-        resource=PostgresResource(dsn=db_url),
+        resource=PostgresResource(dsn=db_url, **locks),
         translator=default_translator("default", prefix_with_alias=False),
     )
     policy = dg.FreshnessPolicy.time_window(fail_window=FAIL_AFTER, warn_window=WARN_AFTER)
@@ -476,6 +482,37 @@ def test_failed_cli_run_alerts_too(
         (alert,) = receiver.take()
         assert alert["title"] == "[FAILED] refresh of shop.mv_ratio failed (SQLSTATE 22012)"
         assert f"Run: {result.run_id}" in alert["message"]
+
+
+def test_lock_timeout_alert_names_the_lock_holder(
+    db_url: str,
+    shop: psycopg.Connection[Any],
+    instance: dg.DagsterInstance,
+    receiver: Receiver,
+    tmp_path: Path,
+) -> None:
+    t0 = datetime.now(UTC).replace(microsecond=0)
+    call = f"alerting_definitions({db_url!r}, {receiver.url()!r}, fast_locks=True)"
+    with code_location(instance, tmp_path, call) as h:
+        with freeze_time(t0):
+            h.tick_sensors()
+        # another session's plain refresh, left uncommitted, holds the MV exclusively
+        with psycopg.connect(db_url, application_name="nightly_etl") as holder:
+            holder.execute("REFRESH MATERIALIZED VIEW shop.mv_ratio")
+            holder_pid = holder.info.backend_pid
+            with freeze_time(t0 + timedelta(minutes=1)):
+                run = h.materialize([RATIO])
+            holder.rollback()
+        assert run.status == DagsterRunStatus.FAILURE
+        with freeze_time(t0 + timedelta(minutes=2)):
+            h.tick_sensors()
+    (alert,) = receiver.take()
+    assert alert["title"] == "[FAILED] refresh of shop.mv_ratio failed (SQLSTATE 55P03)"
+    holder_line = next(
+        line for line in alert["message"].splitlines() if line.startswith(f"- pid {holder_pid} ")
+    )
+    assert "nightly_etl" in holder_line and "REFRESH MATERIALIZED VIEW shop.mv_ratio" in holder_line
+    assert "Lock held by:" in alert["message"]
 
 
 # --- routing by group: policy file + environment, through build_from_settings -----------------
