@@ -35,7 +35,6 @@ where the product must not create objects) is the caller's decision. Granting ap
 
 from __future__ import annotations
 
-import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -239,13 +238,23 @@ INSERT INTO {table} (
 """
 
 
-@functools.lru_cache(maxsize=32)
-def _insert_statement(schema: str) -> sql.Composed:
-    return sql.SQL(_INSERT).format(table=sql.Identifier(schema, "refresh_history"))
+_insert_statements: dict[tuple[str, str], bytes] = {}
+
+
+def _insert_statement(conn: psycopg.Connection[Any], schema: str) -> bytes:
+    """The INSERT for ``schema``, composed once per schema and client encoding (all that
+    quoting the identifier depends on): each write then skips composing, and the same bytes
+    hit psycopg's query cache and its prepared statement."""
+    key = (schema, conn.info.encoding)
+    stmt = _insert_statements.get(key)
+    if stmt is None:
+        composed = sql.SQL(_INSERT).format(table=sql.Identifier(schema, "refresh_history"))
+        stmt = _insert_statements[key] = composed.as_bytes(conn)
+    return stmt
 
 
 def _insert(conn: psycopg.Connection[Any], schema: str, row: dict[str, Any]) -> None:
-    stmt = _insert_statement(schema)
+    stmt = _insert_statement(conn, schema)
     if conn.autocommit and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
         # A single INSERT is its own transaction: one round trip instead of the three of
         # BEGIN/INSERT/COMMIT. This keeps the write well under 5 % of a small refresh
