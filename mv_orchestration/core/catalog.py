@@ -432,13 +432,7 @@ def _read_catalog_once(
                 _index_from_row(row)
             )
 
-    def earlier_mv(ref: RelationRef) -> MaterializedView | None:
-        if previous is None:
-            return None
-        try:
-            return previous.matview(ref)
-        except KeyError:
-            return None
+    earlier_mvs = {mv.ref: mv for mv in previous.matviews} if previous else {}
 
     def mv_from_row(r: dict[str, Any], ref: RelationRef) -> MaterializedView:
         mv = MaterializedView(
@@ -454,7 +448,7 @@ def _read_catalog_once(
             comment=r["comment"],
             tablespace=r["tablespace"],
         )
-        earlier = earlier_mv(ref) if r["busy"] else None
+        earlier = earlier_mvs.get(ref) if r["busy"] else None
         if earlier is None:
             return mv
         # what a lock kept us from reading: the SQL, index expressions and exact size (the

@@ -257,8 +257,7 @@ def _insert(conn: psycopg.Connection[Any], schema: str, row: dict[str, Any]) -> 
     stmt = _insert_statement(conn, schema)
     if conn.autocommit and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
         # A single INSERT is its own transaction: one round trip instead of the three of
-        # BEGIN/INSERT/COMMIT. This keeps the write well under 5 % of a small refresh
-        # (docs/benchmarks.md, C).
+        # BEGIN/INSERT/COMMIT (its cost against a small refresh: docs/benchmarks.md, C).
         conn.execute(stmt, row)
         return
     with conn.transaction():

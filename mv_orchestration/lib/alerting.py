@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -515,14 +515,14 @@ def _dump_failure_cursor(cursor: _FailureCursor) -> str:
 
 
 def _is_ours(
-    run: dg.DagsterRun, context: dg.SensorEvaluationContext, asset_keys: Collection[dg.AssetKey]
+    run: dg.DagsterRun, context: dg.SensorEvaluationContext, asset_keys: frozenset[dg.AssetKey]
 ) -> bool:
     """Whether ``run`` is this code location's: launched from it (same location and
     repository, as Dagster's run status sensors decide it), or run in process without an
     origin — ``mvo refresh`` does that — on some of its assets."""
     origin = run.remote_job_origin
     if origin is None:
-        return bool(set(run.asset_selection or ()) & set(asset_keys))
+        return not asset_keys.isdisjoint(run.asset_selection or ())
     location = context.code_location_origin.location_name if context.code_location_origin else None
     return (
         origin.repository_origin.code_location_origin.location_name == location
@@ -534,7 +534,6 @@ def build_refresh_failure_sensor(
     notifier: Notifier,
     *,
     ui_base_url: str | None = None,
-    job_names: Iterable[str] | None = None,
     group_of: Mapping[dg.AssetKey, str] | None = None,
     labels: Mapping[dg.AssetKey, str] | None = None,
     name: str = "mvo_refresh_failures",
@@ -551,16 +550,14 @@ def build_refresh_failure_sensor(
     ``run_failure_sensor`` cannot do that: it moves its cursor past a run even when its
     function raises. Started for the first time, it watches from the latest failure on.
 
-    Runs launched from this code location count, and runs executed in process without an
-    origin (``mvo refresh``) on any of its assets. ``job_names=None`` watches every job of the
-    code location. The alert goes to the global
+    Runs of every job launched from this code location count, and runs executed in process
+    without an origin (``mvo refresh``) on any of its assets. The alert goes to the global
     destinations plus the groups of the failing views (or of the run's assets); when that is
     no destination at all (only other groups have some), nothing is sent.
     """
     groups = dict(group_of or {})
     key_of_view = {label: key for key, label in (labels or {}).items()}
     known_keys = frozenset(groups) | frozenset(key_of_view.values())
-    jobs = frozenset(job_names) if job_names is not None else None
 
     def _alert_for(
         instance: dg.DagsterInstance, run: dg.DagsterRun
@@ -568,18 +565,16 @@ def build_refresh_failure_sensor(
         records = instance.get_records_for_run(
             run.run_id, of_type={dg.DagsterEventType.STEP_FAILURE, dg.DagsterEventType.RUN_FAILURE}
         ).records
-        events = [r.event_log_entry.dagster_event for r in records]
-        step_failures = [
-            e for e in events if e is not None and e.event_type == dg.DagsterEventType.STEP_FAILURE
-        ]
-        run_failure = next(
-            (
-                e
-                for e in events
-                if e is not None and e.event_type == dg.DagsterEventType.RUN_FAILURE
-            ),
-            None,
-        )
+        step_failures: list[dg.DagsterEvent] = []
+        run_failure: dg.DagsterEvent | None = None
+        for record in records:
+            event = record.event_log_entry.dagster_event
+            if event is None:
+                continue
+            if event.event_type == dg.DagsterEventType.STEP_FAILURE:
+                step_failures.append(event)
+            elif event.event_type == dg.DagsterEventType.RUN_FAILURE:
+                run_failure = event
         failures = refresh_failures(step_failures)
         alert = run_failure_alert(
             job_name=run.job_name,
@@ -638,8 +633,6 @@ def build_refresh_failure_sensor(
             run = runs.get(run_id)
             if run is None or not _is_ours(run, context, known_keys):
                 continue  # deleted, or another code location's run
-            if jobs is not None and run.job_name not in jobs:
-                continue
             found = _alert_for(instance, run)
             if found is None:
                 context.log.info(f"no destination for the groups of failed run {run_id}")
