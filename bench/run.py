@@ -99,7 +99,7 @@ def main(quick: bool, output: Path, only: str) -> None:
             _log(f"B. catalog discovery (median of {repeats})")
             discovery = run_discovery(server, repeats=repeats, log=_log)
         if "C" in only:
-            c_rounds, c_warmup = (20, 2) if quick else (300, 10)
+            c_rounds, c_warmup = (20, 2) if quick else (600, 20)
             _log(f"C. history-write overhead ({c_warmup} warm-up + {c_rounds} rounds)")
             counts = load_demo_database(
                 server, "bench_history", HISTORY_SYSTEMS, scale=scale, log=_log

@@ -46,7 +46,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import class_row
 
-from mv_orchestration.core.refresh import RefreshResult
+from mv_orchestration.core.refresh import Record, RefreshResult
 from mv_orchestration.core.sql import qualname
 from mv_orchestration.errors import RefreshError
 
@@ -264,31 +264,40 @@ def _insert(conn: psycopg.Connection[Any], schema: str, row: dict[str, Any]) -> 
         conn.execute(stmt, row)
 
 
+def _success_row(result: RefreshResult, run_id: str | None) -> dict[str, Any]:
+    return {
+        "view_schema": result.schema,
+        "view_name": result.name,
+        "run_id": run_id,
+        "started_at": result.started_at,
+        "finished_at": result.finished_at,
+        "duration_ms": result.duration_s * 1000.0,
+        "method": result.method,
+        "rows_before": result.rows_before,
+        "rows_after": result.rows_after,
+        "size_bytes": result.size_bytes,
+        "lock_wait_ms": None if result.lock_wait_s is None else result.lock_wait_s * 1000.0,
+        "status": "success",
+        "sqlstate": None,
+        "error_message": None,
+        "attempts": result.attempts,
+    }
+
+
+def success_record(conn: psycopg.Connection[Any], schema: str, *, run_id: str | None) -> Record:
+    """The ``record`` for :func:`~mv_orchestration.core.refresh.refresh_view` that appends
+    one ``success`` row: sent with the refresh's ``COMMIT``, it costs the refresh no round
+    trip of its own (docs/benchmarks.md, C)."""
+    stmt = _insert_statement(conn, schema)
+    return lambda result: (stmt, _success_row(result, run_id))
+
+
 def record_success(
     conn: psycopg.Connection[Any], schema: str, result: RefreshResult, *, run_id: str | None
 ) -> None:
-    """Append one ``success`` row for ``result``."""
-    _insert(
-        conn,
-        schema,
-        {
-            "view_schema": result.schema,
-            "view_name": result.name,
-            "run_id": run_id,
-            "started_at": result.started_at,
-            "finished_at": result.finished_at,
-            "duration_ms": result.duration_s * 1000.0,
-            "method": result.method,
-            "rows_before": result.rows_before,
-            "rows_after": result.rows_after,
-            "size_bytes": result.size_bytes,
-            "lock_wait_ms": None if result.lock_wait_s is None else result.lock_wait_s * 1000.0,
-            "status": "success",
-            "sqlstate": None,
-            "error_message": None,
-            "attempts": result.attempts,
-        },
-    )
+    """Append one ``success`` row for ``result`` (a refresh done without
+    :func:`success_record`)."""
+    _insert(conn, schema, _success_row(result, run_id))
 
 
 def record_failure(

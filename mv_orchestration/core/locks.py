@@ -94,9 +94,10 @@ class LockWaitMonitor:
         self.close()
 
     @contextmanager
-    def watch(self) -> Iterator[LockWait]:
-        """Measure lock waits of the monitored backend while the block runs."""
-        outcome = LockWait()
+    def watch(self, outcome: LockWait | None = None) -> Iterator[LockWait]:
+        """Measure lock waits of the monitored backend while the block runs (into
+        ``outcome`` if given, so a caller can read it after the block raised)."""
+        outcome = outcome if outcome is not None else LockWait()
         stop = threading.Event()
         thread = threading.Thread(
             target=self._sample, args=(stop, outcome), name="mvo-lock-monitor", daemon=True

@@ -8,14 +8,16 @@ Safety rules (see docs/architecture.md):
 * ``lock_timeout`` bounds how long we queue for the MV's lock — a waiting ``REFRESH`` would
   block every later reader queued behind it — and ``statement_timeout`` bounds the refresh;
 * on a lock timeout the holders are read from ``pg_locks``/``pg_stat_activity`` and reported,
-  and the attempt is retried with backoff.
+  and the attempt is retried with backoff;
+* a ``record`` of the result (the history row) commits in the refresh's own transaction,
+  sent with its ``COMMIT``; under a savepoint, so a failing record never undoes a refresh.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -36,6 +38,8 @@ from mv_orchestration.errors import (
 )
 
 Method = Literal["initial", "concurrently", "blocking"]
+# A statement and its parameters that store a refresh's result (see refresh_view's record).
+Record = Callable[["RefreshResult"], tuple[bytes, Mapping[str, Any]]]
 MethodPreference = Literal["auto", "blocking"]
 
 
@@ -73,6 +77,9 @@ class RefreshResult:
     # None for plain refreshes, which rewrite the whole relation.
     rows_inserted: int | None = None
     rows_deleted: int | None = None
+    # Set when the refresh committed but the ``record`` statement sent with its COMMIT
+    # failed (message and SQLSTATE); see :func:`refresh_view`.
+    record_error: str | None = None
 
     @property
     def qualname(self) -> str:
@@ -94,6 +101,10 @@ SELECT c.oid, c.relispopulated AS populated,
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = %s AND c.relname = %s AND c.relkind = 'm'
 """
+
+# the size, and the transaction id: after an error at COMMIT it tells whether the refresh
+# committed (pg_xact_status)
+_SIZE_SQL = "SELECT pg_total_relation_size(%s::oid), pg_current_xact_id()::text"
 
 _XACT_SQL = (
     "SELECT pg_stat_get_xact_tuples_inserted(%s::oid), pg_stat_get_xact_tuples_deleted(%s::oid)"
@@ -150,6 +161,7 @@ def refresh_view(
     *,
     on_retry: Callable[[RefreshError, int, float], None] | None = None,
     lock_monitor: LockWaitMonitor | None = None,
+    record: Record | None = None,
 ) -> RefreshResult:
     """Refresh ``schema.name`` on ``conn`` (autocommit, idle); raise :class:`RefreshError`.
 
@@ -157,6 +169,17 @@ def refresh_view(
     Lock waits are measured by ``lock_monitor`` (watching ``conn``'s backend), or with
     ``options.measure_lock_wait`` by a monitor opened for this call; the result's (or the
     error's) ``lock_wait_s`` is the total over every attempt.
+
+    ``record(result)`` gives a statement and its parameters that store the result (the
+    history row, :func:`mv_orchestration.core.history.success_record`). It runs in the
+    refresh's own transaction, under a savepoint, and is sent together with the ``COMMIT``
+    in one round trip: the row commits with the refresh or not at all, and costs no wait of
+    its own. If it fails, the refresh still commits, without it, and the failure is in
+    ``result.record_error``.
+
+    A result's ``duration_s`` and ``finished_at`` end when the refresh's work is done and
+    its ``COMMIT`` is sent (so the recorded row can hold them); the commit is not part of
+    them.
     """
     opts = options or RefreshOptions()
     monitor = lock_monitor
@@ -170,9 +193,9 @@ def refresh_view(
     try:
         while True:
             wait = LockWait()
+            watch = monitor.watch(wait) if monitor is not None else nullcontext(wait)
             try:
-                with monitor.watch() if monitor is not None else nullcontext(wait) as wait:
-                    result = _refresh_once(conn, schema, name, opts, attempt)
+                return _refresh_once(conn, schema, name, opts, attempt, watch, waited, record)
             except RefreshError as exc:
                 waited = _plus(waited, wait.seconds)
                 exc.lock_wait_s = waited
@@ -183,8 +206,6 @@ def refresh_view(
                     on_retry(exc, attempt, delay)
                 time.sleep(delay)
                 attempt += 1
-                continue
-            return replace(result, lock_wait_s=_plus(waited, wait.seconds))
     finally:
         if own_monitor is not None:
             own_monitor.close()
@@ -195,91 +216,147 @@ def _plus(total: float | None, seconds: float | None) -> float | None:
 
 
 def _refresh_once(
-    conn: psycopg.Connection[Any], schema: str, name: str, opts: RefreshOptions, attempt: int
+    conn: psycopg.Connection[Any],
+    schema: str,
+    name: str,
+    opts: RefreshOptions,
+    attempt: int,
+    watch: AbstractContextManager[LockWait],
+    waited: float | None,
+    record: Record | None,
 ) -> RefreshResult:
     view = qualname(schema, name)
     started_at = datetime.now(UTC)
     t0 = time.perf_counter()
     method: Method | None = None
     oid: int | None = None
+    xid: str | None = None
+    result: RefreshResult | None = None
+    record_exc: psycopg.Error | None = None
     try:
-        with conn.transaction(), conn.cursor() as cur:
-            # SET LOCAL takes no parameters; the values are formatted numbers, not user text.
-            cur.execute(
-                sql.SQL("SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = {}").format(
-                    sql.Literal(_ms(opts.lock_timeout_s)),
-                    sql.Literal(_ms(opts.statement_timeout_s)),
+        # ``flight`` holds the pipeline that sends the record and COMMIT in one round trip.
+        with ExitStack() as flight, conn.transaction(), conn.cursor() as cur:
+            with watch as wait:
+                # SET LOCAL takes no parameters; the values are formatted numbers.
+                cur.execute(
+                    sql.SQL("SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = {}").format(
+                        sql.Literal(_ms(opts.lock_timeout_s)),
+                        sql.Literal(_ms(opts.statement_timeout_s)),
+                    )
                 )
-            )
-            state = cur.execute(_STATE_SQL, [schema, name]).fetchone()
-            if state is None:
-                raise UnknownViewError(f"materialized view {view} does not exist")
-            oid, populated, has_unique = int(state[0]), bool(state[1]), bool(state[2])
-            method = choose_method(populated, has_unique, opts.method)
+                state = cur.execute(_STATE_SQL, [schema, name]).fetchone()
+                if state is None:
+                    raise UnknownViewError(f"materialized view {view} does not exist")
+                oid, populated, has_unique = int(state[0]), bool(state[1]), bool(state[2])
+                method = choose_method(populated, has_unique, opts.method)
 
-            got = cur.execute(
-                "SELECT pg_try_advisory_xact_lock(%s)", [advisory_key(schema, name)]
-            ).fetchone()
-            if not (got and got[0]):
-                raise RefreshInProgressError(
-                    view, "another refresh of this view is running", method=method
-                )
-            rows_before: int | None = None
-            if opts.count_rows and populated:
-                rows_before = _count(cur, schema, name)
-            # The session's pending (unflushed) counters also hold earlier transactions'
-            # writes, so the refresh's own inserts/deletes are a before/after delta.
-            before = cur.execute(_XACT_SQL, [oid, oid]).fetchone()
-            cur.execute(_statement(schema, name, method))
-            after = cur.execute(_XACT_SQL, [oid, oid]).fetchone()
-            rows_inserted: int | None = None
-            rows_deleted: int | None = None
-            if method == "concurrently" and before is not None and after is not None:
-                rows_inserted = int(after[0]) - int(before[0])
-                rows_deleted = int(after[1]) - int(before[1])
-            rows_after = _count(cur, schema, name) if opts.count_rows else None
-            size_row = cur.execute("SELECT pg_total_relation_size(%s::oid)", [oid]).fetchone()
-            size = int(size_row[0]) if size_row else 0
+                got = cur.execute(
+                    "SELECT pg_try_advisory_xact_lock(%s)", [advisory_key(schema, name)]
+                ).fetchone()
+                if not (got and got[0]):
+                    raise RefreshInProgressError(
+                        view, "another refresh of this view is running", method=method
+                    )
+                rows_before: int | None = None
+                if opts.count_rows and populated:
+                    rows_before = _count(cur, schema, name)
+                # The session's pending (unflushed) counters also hold earlier
+                # transactions' writes, so the refresh's own inserts/deletes are a
+                # before/after delta.
+                before = cur.execute(_XACT_SQL, [oid, oid]).fetchone()
+                cur.execute(_statement(schema, name, method))
+                after = cur.execute(_XACT_SQL, [oid, oid]).fetchone()
+                rows_inserted: int | None = None
+                rows_deleted: int | None = None
+                if method == "concurrently" and before is not None and after is not None:
+                    rows_inserted = int(after[0]) - int(before[0])
+                    rows_deleted = int(after[1]) - int(before[1])
+                rows_after = _count(cur, schema, name) if opts.count_rows else None
+                size_row = cur.execute(_SIZE_SQL, [oid]).fetchone()
+                size = int(size_row[0]) if size_row else 0
+                xid = str(size_row[1]) if size_row else None
+            result = RefreshResult(
+                schema=schema,
+                name=name,
+                method=method,
+                started_at=started_at,
+                finished_at=datetime.now(UTC),
+                duration_s=time.perf_counter() - t0,
+                lock_wait_s=_plus(waited, wait.seconds),
+                rows_before=rows_before,
+                rows_after=rows_after,
+                size_bytes=size,
+                server_version=conn.info.parameter_status("server_version") or "",
+                attempts=attempt,
+                rows_inserted=rows_inserted,
+                rows_deleted=rows_deleted,
+            )
+            if record is not None:
+                statement, params = record(result)
+                # From here on statements are queued; they go out with the COMMIT,
+                # at the pipeline's sync (the end of ``flight``). The savepoint keeps a
+                # failing record from undoing the refresh.
+                flight.enter_context(conn.pipeline())
+                try:
+                    cur.execute(_SAVEPOINT)
+                    cur.execute(statement, params)
+                    cur.execute(_RELEASE)
+                except psycopg.Error as early:
+                    # an early result raised here: the block still ends with COMMIT,
+                    # which the server skips (the pipeline is aborted); handled below
+                    record_exc = early
+        # past the block: COMMIT done, or (with a record) sent and synced with it, both fine
+        return result
     except RefreshError:
         raise
-    except pg_errors.LockNotAvailable as exc:
-        pids, holders = _lock_holders(conn, oid) if oid is not None else ((), ())
-        raise LockTimeoutError(
-            view,
-            _message(exc),
-            sqlstate=exc.sqlstate,
-            method=method,
-            duration_s=time.perf_counter() - t0,
-            blocking_pids=pids,
-            lock_holders=holders,
-        ) from exc
-    except pg_errors.QueryCanceled as exc:
-        raise StatementTimeoutError(
-            view, _message(exc), sqlstate=exc.sqlstate, method=method,
-            duration_s=time.perf_counter() - t0,
-        ) from exc  # fmt: skip
     except psycopg.Error as exc:
-        raise RefreshError(
+        if result is not None and xid is not None and _commit_without_record(conn, xid):
+            # the refresh committed; only its record failed
+            return replace(result, record_error=_described(record_exc or exc))
+        if isinstance(exc, pg_errors.LockNotAvailable):
+            pids, holders = _lock_holders(conn, oid) if oid is not None else ((), ())
+            raise LockTimeoutError(
+                view,
+                _message(exc),
+                sqlstate=exc.sqlstate,
+                method=method,
+                duration_s=time.perf_counter() - t0,
+                blocking_pids=pids,
+                lock_holders=holders,
+            ) from exc
+        error = StatementTimeoutError if isinstance(exc, pg_errors.QueryCanceled) else RefreshError
+        raise error(
             view, _message(exc), sqlstate=exc.sqlstate, method=method,
             duration_s=time.perf_counter() - t0,
         ) from exc  # fmt: skip
-    duration = time.perf_counter() - t0
-    return RefreshResult(
-        schema=schema,
-        name=name,
-        method=method,
-        started_at=started_at,
-        finished_at=datetime.now(UTC),
-        duration_s=duration,
-        lock_wait_s=None,  # filled in by refresh_view from the lock monitor
-        rows_before=rows_before,
-        rows_after=rows_after,
-        size_bytes=size,
-        server_version=conn.info.parameter_status("server_version") or "",
-        attempts=attempt,
-        rows_inserted=rows_inserted,
-        rows_deleted=rows_deleted,
-    )
+
+
+_SAVEPOINT = b"SAVEPOINT mvo_record"
+_RELEASE = b"RELEASE SAVEPOINT mvo_record"
+
+
+def _commit_without_record(conn: psycopg.Connection[Any], xid: str) -> bool:
+    """After an error in the flight of record + COMMIT: commit the refresh without its
+    record if its transaction is still open, and say whether transaction ``xid`` committed."""
+    if conn.broken or conn.closed:
+        return False  # unknown: reported as a failed refresh
+    try:
+        if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+            # the record failed, so the server skipped the COMMIT behind it
+            try:
+                conn.execute(b"ROLLBACK TO SAVEPOINT mvo_record")
+                conn.execute(b"COMMIT")
+            except psycopg.Error:
+                conn.rollback()
+        row = conn.execute("SELECT pg_xact_status(%s::xid8)", [xid]).fetchone()
+    except psycopg.Error:
+        return False
+    return row is not None and row[0] == "committed"
+
+
+def _described(exc: psycopg.Error) -> str:
+    code = f" [SQLSTATE {exc.sqlstate}]" if exc.sqlstate else ""
+    return f"{_message(exc)}{code}"
 
 
 def _count(cur: psycopg.Cursor[Any], schema: str, name: str) -> int:

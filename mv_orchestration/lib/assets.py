@@ -233,8 +233,11 @@ def build_refresh_assets(
                     if db.refresh_options.measure_lock_wait
                     else None
                 )
+                record = None
                 if history_schema is not None:
                     history.ensure_history(conn, history_schema)
+                    # each success row travels with its refresh's COMMIT (core/refresh.py)
+                    record = history.success_record(conn, history_schema, run_id=context.run.run_id)
                 for i, ref in enumerate(order, start=1):
                     done = i - 1
                     bad_upstream = graph.upstream_matviews([ref]) & (
@@ -260,6 +263,7 @@ def build_refresh_assets(
                                 f"{e}; retry {n} in {d:.1f}s"
                             ),
                             lock_monitor=monitor,
+                            record=record,
                         )
                     except MvoError as exc:
                         failed[ref] = exc
@@ -282,9 +286,11 @@ def build_refresh_assets(
                         if conn.broken:
                             break
                         continue
-                    if history_schema is not None:
-                        history.record_success(
-                            conn, history_schema, result, run_id=context.run.run_id
+                    if result.record_error is not None:
+                        # the refresh committed; its history row (sent with the COMMIT) did not
+                        context.log.error(
+                            f"[{i}/{total}] {ref.qualname}: refreshed, but its history row in "
+                            f"{history_schema} was not written: {result.record_error}"
                         )
                     check_results = run_checks(conn, ref, result)
                     stops = blocking_failures(check_results, checks[ref])

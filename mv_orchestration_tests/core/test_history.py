@@ -25,6 +25,7 @@ from mv_orchestration.core.history import (
     read_stats,
     record_failure,
     record_success,
+    success_record,
 )
 from mv_orchestration.core.refresh import RefreshOptions, refresh_view
 from mv_orchestration.errors import LockTimeoutError, RefreshError
@@ -184,11 +185,21 @@ def test_concurrent_ensure_from_two_connections(conn: psycopg.Connection[Any]) -
 # --- recording --------------------------------------------------------------------------------
 
 
-def test_success_row_carries_refresh_figures(sales: psycopg.Connection[Any]) -> None:
+@pytest.mark.parametrize("with_commit", [True, False], ids=["with-commit", "separate"])
+def test_success_row_carries_refresh_figures(
+    sales: psycopg.Connection[Any], with_commit: bool
+) -> None:
+    """Sent with the refresh's COMMIT (as the asset step does) or written after it."""
     sales.execute("INSERT INTO sales (region, amount) VALUES ('apac', 1)")
-    result = refresh_view(sales, "public", "mv_by_region")
-    record_success(sales, DEFAULT_SCHEMA, result, run_id="run-1")
-    [row] = _rows(sales)
+    if with_commit:
+        record = success_record(sales, DEFAULT_SCHEMA, run_id="run-1")
+        result = refresh_view(sales, "public", "mv_by_region", record=record)
+        assert result.record_error is None
+    else:
+        result = refresh_view(sales, "public", "mv_by_region")
+        record_success(sales, DEFAULT_SCHEMA, result, run_id="run-1")
+    with _connect(sales) as other:  # committed
+        [row] = _rows(other)
     assert row["view_schema"] == "public" and row["view_name"] == "mv_by_region"
     assert row["run_id"] == "run-1"
     assert row["status"] == "success" and row["sqlstate"] is None and row["error_message"] is None
@@ -196,7 +207,7 @@ def test_success_row_carries_refresh_figures(sales: psycopg.Connection[Any]) -> 
     assert (row["rows_before"], row["rows_after"]) == (2, 3)
     assert row["size_bytes"] == result.size_bytes > 0
     assert row["started_at"] == result.started_at and row["finished_at"] == result.finished_at
-    assert row["duration_ms"] == pytest.approx(result.duration_s * 1000)
+    assert row["duration_ms"] == result.duration_s * 1000
     # nothing stood in the refresh's way
     assert row["lock_wait_ms"] == 0.0 and row["attempts"] == 1
 

@@ -207,3 +207,101 @@ def test_refresh_does_not_block_readers_when_concurrent(sales: psycopg.Connectio
         other.execute("SELECT count(*) FROM mv_by_region")
         result = refresh_view(sales, "public", "mv_by_region", FAST)
         assert result.method == "concurrently"
+
+
+# --- a record sent with the COMMIT ------------------------------------------------------------
+
+
+def _totals(db_url: str) -> list[tuple[Any, ...]]:
+    """mv_by_region as another session sees it: only what was committed."""
+    with psycopg.connect(db_url, autocommit=True) as other:
+        return other.execute("SELECT region, total FROM mv_by_region ORDER BY region").fetchall()
+
+
+def test_record_commits_with_the_refresh(db_url: str, sales: psycopg.Connection[Any]) -> None:
+    sales.execute("CREATE TABLE log (view text, rows bigint, duration_ms float8)")
+    sales.execute("INSERT INTO sales (region, amount) VALUES ('apac', 1)")
+    seen: list[Any] = []
+
+    def record(result: Any) -> tuple[bytes, dict[str, Any]]:
+        seen.append(result)
+        return (
+            b"INSERT INTO log VALUES (%(view)s, %(rows)s, %(ms)s)",
+            {"view": result.qualname, "rows": result.rows_after, "ms": result.duration_s * 1e3},
+        )
+
+    result = refresh_view(sales, "public", "mv_by_region", record=record)
+    assert result.record_error is None and seen == [result]
+    # the record holds the result's own figures, and both are committed
+    with psycopg.connect(db_url, autocommit=True) as other:
+        assert other.execute("SELECT * FROM log").fetchall() == [
+            ("public.mv_by_region", 3, result.duration_s * 1e3)
+        ]
+    assert _totals(db_url) == [("apac", 1), ("eu", 15), ("us", 7)]
+    assert sales.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+
+def test_no_record_when_the_refresh_fails(conn: psycopg.Connection[Any]) -> None:
+    conn.execute(
+        """
+        CREATE TABLE log (n int);
+        CREATE TABLE t (a int, b int);
+        INSERT INTO t VALUES (1, 1);
+        CREATE MATERIALIZED VIEW mv_ratio AS SELECT a / b AS r FROM t;
+        INSERT INTO t VALUES (1, 0);
+        """
+    )
+    with pytest.raises(RefreshError) as info:
+        refresh_view(
+            conn, "public", "mv_ratio", record=lambda r: (b"INSERT INTO log VALUES (1)", {})
+        )
+    assert info.value.sqlstate == "22012"
+    assert conn.execute("SELECT count(*) FROM log").fetchone() == (0,)
+
+
+@pytest.mark.parametrize(
+    ("statement", "sqlstate"),
+    [
+        (b"INSERT INTO no_such_log VALUES (%(n)s)", "42P01"),  # undefined table
+        (b"INSERT INTO log VALUES (%(n)s)", "23514"),  # check violation
+        (b"SELECT 1 / (%(n)s + 1)", "22012"),  # division by zero
+    ],
+)
+def test_failing_record_keeps_the_refresh(
+    db_url: str, sales: psycopg.Connection[Any], statement: bytes, sqlstate: str
+) -> None:
+    """The record runs under a savepoint: its failure is reported, the refresh commits."""
+    sales.execute("CREATE TABLE log (n int CHECK (n >= 0))")
+    sales.execute("INSERT INTO sales (region, amount) VALUES ('apac', 1)")
+    result = refresh_view(sales, "public", "mv_by_region", record=lambda r: (statement, {"n": -1}))
+    assert result.record_error is not None and f"SQLSTATE {sqlstate}" in result.record_error
+    assert result.rows_after == 3
+    assert _totals(db_url) == [("apac", 1), ("eu", 15), ("us", 7)]
+    # the connection is idle and usable, and nothing of the record remains
+    assert sales.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert sales.execute("SELECT count(*) FROM log").fetchone() == (0,)
+    again = refresh_view(sales, "public", "mv_by_region")
+    assert again.record_error is None and again.rows_inserted == 0
+
+
+def test_failed_commit_fails_the_refresh(db_url: str, sales: psycopg.Connection[Any]) -> None:
+    """A record that makes the COMMIT itself fail (a deferred foreign key) undoes both."""
+    sales.execute(
+        """
+        CREATE TABLE parent (id int PRIMARY KEY);
+        CREATE TABLE child (id int REFERENCES parent DEFERRABLE INITIALLY DEFERRED);
+        """
+    )
+    before = _totals(db_url)
+    sales.execute("INSERT INTO sales (region, amount) VALUES ('apac', 1)")
+    with pytest.raises(RefreshError) as info:
+        refresh_view(
+            sales,
+            "public",
+            "mv_by_region",
+            record=lambda r: (b"INSERT INTO child VALUES (%(id)s)", {"id": 42}),
+        )
+    assert info.value.sqlstate == "23503" and info.value.method == "concurrently"
+    assert _totals(db_url) == before  # the refresh was rolled back with its record
+    assert sales.execute("SELECT count(*) FROM child").fetchone() == (0,)
+    assert sales.info.transaction_status == psycopg.pq.TransactionStatus.IDLE

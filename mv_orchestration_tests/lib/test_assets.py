@@ -120,6 +120,35 @@ def test_materialize_chain_in_dependency_order(
     assert instance.get_latest_materialization_event(K(["shop", "mv_grand"])) is not None
 
 
+def test_failed_history_write_keeps_the_refresh(
+    db_url: str, shop: psycopg.Connection[Any], instance: dg.DagsterInstance
+) -> None:
+    """A history row that cannot be written is logged as an error; the refresh stands."""
+    job = make_defs(db_url, shop).resolve_implicit_global_asset_job_def()
+    sales_and_grand = [K(["shop", "mv_sales"]), K(["shop", "mv_grand"])]
+    assert job.execute_in_process(instance=instance, asset_selection=sales_and_grand).success
+    # from now on the history refuses rows for mv_sales only
+    shop.execute(
+        "ALTER TABLE mvo.refresh_history ADD CONSTRAINT no_sales"
+        " CHECK (view_name <> 'mv_sales') NOT VALID"
+    )
+    shop.execute("INSERT INTO shop.orders (region, amount) VALUES ('apac', 7)")
+    result = job.execute_in_process(instance=instance, asset_selection=sales_and_grand)
+    assert result.success
+    assert [m.asset_key for m in _materializations(result)] == sales_and_grand
+    assert shop.execute("SELECT total FROM shop.mv_grand").fetchone() == (22,)
+    errors = [
+        e.user_message
+        for e in instance.all_logs(result.run_id)
+        if e.level >= 40 and "history row" in e.user_message
+    ]
+    assert len(errors) == 1 and "shop.mv_sales" in errors[0] and "SQLSTATE 23514" in errors[0]
+    rows = shop.execute(
+        "SELECT view_name, count(*) FROM mvo.refresh_history GROUP BY 1 ORDER BY 1"
+    ).fetchall()
+    assert rows == [("mv_grand", 2), ("mv_sales", 1)]
+
+
 def test_failure_skips_downstream_and_reports_sqlstate(
     db_url: str, shop: psycopg.Connection[Any], instance: dg.DagsterInstance
 ) -> None:
