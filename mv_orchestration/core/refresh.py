@@ -293,19 +293,26 @@ def _refresh_once(
             )
             if record is not None:
                 statement, params = record(result)
-                # From here on statements are queued; they go out with the COMMIT,
-                # at the pipeline's sync (the end of ``flight``). The savepoint keeps a
-                # failing record from undoing the refresh.
-                flight.enter_context(conn.pipeline())
+                # With a pipeline (libpq 14+, which psycopg[binary] bundles) the statements
+                # are queued from here on and go out with the COMMIT, at the pipeline's sync
+                # (the end of ``flight``); without one, each is its own round trip. The
+                # savepoint keeps a failing record from undoing the refresh.
+                pipelined = psycopg.Pipeline.is_supported()
+                if pipelined:
+                    flight.enter_context(conn.pipeline())
                 try:
                     cur.execute(_SAVEPOINT)
                     cur.execute(statement, params)
                     cur.execute(_RELEASE)
                 except psycopg.Error as early:
-                    # an early result raised here: the block still ends with COMMIT,
-                    # which the server skips (the pipeline is aborted); handled below
                     record_exc = early
-        # past the block: COMMIT done, or (with a record) sent and synced with it, both fine
+                    if not pipelined:
+                        cur.execute(_ROLLBACK_TO)
+                        result = replace(result, record_error=_described(early))
+                    # pipelined, an early result raised here: the block still ends with
+                    # COMMIT, which the server skips (the pipeline is aborted); the sync
+                    # raises, and the handler below commits without the record
+        # past the block: the COMMIT (and a pipelined record) went through
         return result
     except RefreshError:
         raise
@@ -333,6 +340,7 @@ def _refresh_once(
 
 _SAVEPOINT = b"SAVEPOINT mvo_record"
 _RELEASE = b"RELEASE SAVEPOINT mvo_record"
+_ROLLBACK_TO = b"ROLLBACK TO SAVEPOINT mvo_record"
 
 
 def _commit_without_record(conn: psycopg.Connection[Any], xid: str) -> bool:
@@ -344,7 +352,7 @@ def _commit_without_record(conn: psycopg.Connection[Any], xid: str) -> bool:
         if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
             # the record failed, so the server skipped the COMMIT behind it
             try:
-                conn.execute(b"ROLLBACK TO SAVEPOINT mvo_record")
+                conn.execute(_ROLLBACK_TO)
                 conn.execute(b"COMMIT")
             except psycopg.Error:
                 conn.rollback()

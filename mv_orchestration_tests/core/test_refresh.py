@@ -212,13 +212,25 @@ def test_refresh_does_not_block_readers_when_concurrent(sales: psycopg.Connectio
 # --- a record sent with the COMMIT ------------------------------------------------------------
 
 
+@pytest.fixture(params=[True, False], ids=["pipelined", "no-pipeline"])
+def pipelined(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Run a test with libpq's pipeline mode, and as with a libpq older than 14 (no pipeline:
+    the record's statements are sent one by one), against the same real server."""
+    if not request.param:
+        monkeypatch.setattr(psycopg.Pipeline, "is_supported", classmethod(lambda cls: False))
+    assert psycopg.Pipeline.is_supported() is request.param
+    return bool(request.param)
+
+
 def _totals(db_url: str) -> list[tuple[Any, ...]]:
     """mv_by_region as another session sees it: only what was committed."""
     with psycopg.connect(db_url, autocommit=True) as other:
         return other.execute("SELECT region, total FROM mv_by_region ORDER BY region").fetchall()
 
 
-def test_record_commits_with_the_refresh(db_url: str, sales: psycopg.Connection[Any]) -> None:
+def test_record_commits_with_the_refresh(
+    db_url: str, sales: psycopg.Connection[Any], pipelined: bool
+) -> None:
     sales.execute("CREATE TABLE log (view text, rows bigint, duration_ms float8)")
     sales.execute("INSERT INTO sales (region, amount) VALUES ('apac', 1)")
     seen: list[Any] = []
@@ -268,7 +280,7 @@ def test_no_record_when_the_refresh_fails(conn: psycopg.Connection[Any]) -> None
     ],
 )
 def test_failing_record_keeps_the_refresh(
-    db_url: str, sales: psycopg.Connection[Any], statement: bytes, sqlstate: str
+    db_url: str, sales: psycopg.Connection[Any], statement: bytes, sqlstate: str, pipelined: bool
 ) -> None:
     """The record runs under a savepoint: its failure is reported, the refresh commits."""
     sales.execute("CREATE TABLE log (n int CHECK (n >= 0))")
@@ -284,7 +296,9 @@ def test_failing_record_keeps_the_refresh(
     assert again.record_error is None and again.rows_inserted == 0
 
 
-def test_failed_commit_fails_the_refresh(db_url: str, sales: psycopg.Connection[Any]) -> None:
+def test_failed_commit_fails_the_refresh(
+    db_url: str, sales: psycopg.Connection[Any], pipelined: bool
+) -> None:
     """A record that makes the COMMIT itself fail (a deferred foreign key) undoes both."""
     sales.execute(
         """
