@@ -305,7 +305,7 @@ def _refresh_once(
                     cur.execute(statement, params)
                     cur.execute(_RELEASE)
                 except psycopg.Error as early:
-                    record_exc = early
+                    record_exc = _first_error(early)
                     if not pipelined:
                         cur.execute(_ROLLBACK_TO)
                         result = replace(result, record_error=_described(early))
@@ -316,7 +316,8 @@ def _refresh_once(
         return result
     except RefreshError:
         raise
-    except psycopg.Error as exc:
+    except psycopg.Error as raised:
+        exc = _first_error(raised)
         if result is not None and xid is not None and _commit_without_record(conn, xid):
             # the refresh committed; only its record failed
             return replace(result, record_error=_described(record_exc or exc))
@@ -336,6 +337,19 @@ def _refresh_once(
             view, _message(exc), sqlstate=exc.sqlstate, method=method,
             duration_s=time.perf_counter() - t0,
         ) from exc  # fmt: skip
+
+
+def _first_error(exc: psycopg.Error) -> psycopg.Error:
+    """The error that aborted a pipeline, not the ``PipelineAborted`` of a later statement.
+
+    psycopg fetches a pipeline's results in batches; when the failing statement's result is
+    in one batch and the skipped statements' in the next, the second ``PipelineAborted``
+    is raised while the first error is being raised, and keeps it only as ``__context__``.
+    """
+    seen: BaseException | None = exc
+    while isinstance(seen, pg_errors.PipelineAborted):
+        seen = seen.__context__
+    return seen if isinstance(seen, psycopg.Error) else exc
 
 
 _SAVEPOINT = b"SAVEPOINT mvo_record"
