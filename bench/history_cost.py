@@ -7,7 +7,7 @@ reversed every other round:
 (1) :func:`~mv_orchestration.core.refresh.refresh_view` alone;
 (2) ``refresh_view`` with the history write exactly as the asset step does it:
     ``record=history.success_record(...)``, the ``INSERT`` run in the refresh's own
-    transaction and sent with its ``COMMIT`` in one round trip;
+    transaction, as a CTE of a statement the refresh sends anyway;
 (3) for comparison, ``refresh_view`` followed by a separate write,
     :func:`~mv_orchestration.core.history.record_success` (one autocommit ``INSERT``: its
     own transaction and round trip), as the asset step wrote history before.
@@ -54,7 +54,7 @@ class HistoryCase:
     rows: int
     method: str
     refresh: Summary  # (1)
-    with_history: Summary  # (2), the history row sent with the refresh's COMMIT
+    with_history: Summary  # (2), the history row in the refresh's own transaction
     separate: Summary  # (3), refresh, then record_success() (its own round trip)
     round_trip: Summary  # one `SELECT 1` on the same connection
     paired_ratio: float  # median over rounds of (2)/(1) within the round

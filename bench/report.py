@@ -555,7 +555,8 @@ one sample of each variant per round:
 * **(2)** the same call with `record=history.success_record(conn, "mvo", run_id=...)`,
   exactly as the asset step in `lib/assets.py` makes it (`ensure_history` ran once before,
   outside the clock): the history `INSERT` runs in the refresh's own transaction, under a
-  savepoint, and is sent with the `COMMIT` in one round trip (psycopg pipeline mode).
+  savepoint set in the same message as the `REFRESH`, as a CTE of the refresh's last
+  statement.
 
 * **(3)** for comparison, `refresh_view()` followed by a separate
   `history.record_success(conn, "mvo", result, run_id=...)`: one autocommit `INSERT`, its own
@@ -570,10 +571,10 @@ timed for scale.
 
 {verdict} {paired} {before}
 
-What (2) adds to (1): three more statements queued behind the refresh (`SAVEPOINT`, the
-single-row `INSERT` into `mvo.refresh_history` with its `bigserial` key and two indexes,
-`RELEASE`), sent with the `COMMIT` and answered with it, plus binding the row's parameters
-in Python; no extra round trip and no extra commit. The history table held
+What (2) adds to (1): a `SAVEPOINT` sent in the same message as the `REFRESH`, and the
+single-row `INSERT` into `mvo.refresh_history` (a `bigserial` key and two indexes) as a CTE of
+a statement the refresh sends anyway, plus binding the row's parameters in Python; no extra
+round trip and no extra commit. The history table held
 {h.history_rows:,} rows at the end.
 
 Caveat: this server runs with {h.durability},

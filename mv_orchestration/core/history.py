@@ -286,8 +286,8 @@ def _success_row(result: RefreshResult, run_id: str | None) -> dict[str, Any]:
 
 def success_record(conn: psycopg.Connection[Any], schema: str, *, run_id: str | None) -> Record:
     """The ``record`` for :func:`~mv_orchestration.core.refresh.refresh_view` that appends
-    one ``success`` row: sent with the refresh's ``COMMIT``, it costs the refresh no round
-    trip of its own (docs/benchmarks.md, C)."""
+    one ``success`` row. Run in the refresh's own transaction, on its last statement, it
+    costs the refresh no round trip of its own (docs/benchmarks.md, C)."""
     stmt = _insert_statement(conn, schema)
     return lambda result: (stmt, _success_row(result, run_id))
 

@@ -10,14 +10,15 @@ Safety rules (see docs/architecture.md):
 * on a lock timeout the holders are read from ``pg_locks``/``pg_stat_activity`` and reported,
   and the attempt is retried with backoff;
 * a ``record`` of the result (the history row) commits in the refresh's own transaction,
-  sent with its ``COMMIT``; under a savepoint, so a failing record never undoes a refresh.
+  riding on its last statement; under a savepoint, so a failing record never undoes a
+  refresh.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager, ExitStack, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -38,7 +39,8 @@ from mv_orchestration.errors import (
 )
 
 Method = Literal["initial", "concurrently", "blocking"]
-# A statement and its parameters that store a refresh's result (see refresh_view's record).
+# An INSERT (UPDATE, DELETE) with named parameters that stores a refresh's result, and the
+# parameters (see refresh_view's record).
 Record = Callable[["RefreshResult"], tuple[bytes, Mapping[str, Any]]]
 MethodPreference = Literal["auto", "blocking"]
 
@@ -77,8 +79,8 @@ class RefreshResult:
     # None for plain refreshes, which rewrite the whole relation.
     rows_inserted: int | None = None
     rows_deleted: int | None = None
-    # Set when the refresh committed but the ``record`` statement sent with its COMMIT
-    # failed (message and SQLSTATE); see :func:`refresh_view`.
+    # Set when the refresh committed but its ``record`` statement failed (message and
+    # SQLSTATE); see :func:`refresh_view`.
     record_error: str | None = None
 
     @property
@@ -102,12 +104,12 @@ FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = %s AND c.relname = %s AND c.relkind = 'm'
 """
 
-# the size, and the transaction id: after an error at COMMIT it tells whether the refresh
-# committed (pg_xact_status)
-_SIZE_SQL = "SELECT pg_total_relation_size(%s::oid), pg_current_xact_id()::text"
+_SIZE_SQL = "SELECT pg_total_relation_size(%s::oid)"
 
+# Named parameter: a record's statement is prefixed to it as a CTE (see _refresh_once).
 _XACT_SQL = (
-    "SELECT pg_stat_get_xact_tuples_inserted(%s::oid), pg_stat_get_xact_tuples_deleted(%s::oid)"
+    b"SELECT pg_stat_get_xact_tuples_inserted(%(mvo_oid)s::oid),"
+    b" pg_stat_get_xact_tuples_deleted(%(mvo_oid)s::oid)"
 )
 
 _HOLDERS_SQL = """
@@ -170,16 +172,18 @@ def refresh_view(
     ``options.measure_lock_wait`` by a monitor opened for this call; the result's (or the
     error's) ``lock_wait_s`` is the total over every attempt.
 
-    ``record(result)`` gives a statement and its parameters that store the result (the
-    history row, :func:`mv_orchestration.core.history.success_record`). It runs in the
-    refresh's own transaction, under a savepoint, and is sent together with the ``COMMIT``
-    in one round trip: the row commits with the refresh or not at all, and costs no wait of
-    its own. If it fails, the refresh still commits, without it, and the failure is in
-    ``result.record_error``.
+    ``record(result)`` gives a data-modifying statement (``INSERT``, ``UPDATE``, ``DELETE``)
+    with named parameters, and its parameters, that store the result (the history row:
+    :func:`mv_orchestration.core.history.success_record`). It runs in the refresh's own
+    transaction, as a CTE of the refresh's last statement, so it costs no round trip and no
+    commit of its own, and it commits with the refresh or not at all. A savepoint set in the
+    same message as the ``REFRESH`` lets a failing record be undone alone: the refresh then
+    commits without it, and the failure is in ``result.record_error``. The result passed to
+    ``record`` has no ``rows_inserted``/``rows_deleted`` yet: they are read by that same
+    last statement.
 
-    A result's ``duration_s`` and ``finished_at`` end when the refresh's work is done and
-    its ``COMMIT`` is sent (so the recorded row can hold them); the commit is not part of
-    them.
+    A result's ``duration_s`` and ``finished_at`` end before that last statement (a read of
+    two counters) and the ``COMMIT``, so the record can hold them.
     """
     opts = options or RefreshOptions()
     monitor = lock_monitor
@@ -230,12 +234,8 @@ def _refresh_once(
     t0 = time.perf_counter()
     method: Method | None = None
     oid: int | None = None
-    xid: str | None = None
-    result: RefreshResult | None = None
-    record_exc: psycopg.Error | None = None
     try:
-        # ``flight`` holds the pipeline that sends the record and COMMIT in one round trip.
-        with ExitStack() as flight, conn.transaction(), conn.cursor() as cur:
+        with conn.transaction(), conn.cursor() as cur:
             with watch as wait:
                 # SET LOCAL takes no parameters; the values are formatted numbers.
                 cur.execute(
@@ -262,19 +262,16 @@ def _refresh_once(
                     rows_before = _count(cur, schema, name)
                 # The session's pending (unflushed) counters also hold earlier
                 # transactions' writes, so the refresh's own inserts/deletes are a
-                # before/after delta.
-                before = cur.execute(_XACT_SQL, [oid, oid]).fetchone()
-                cur.execute(_statement(schema, name, method))
-                after = cur.execute(_XACT_SQL, [oid, oid]).fetchone()
-                rows_inserted: int | None = None
-                rows_deleted: int | None = None
-                if method == "concurrently" and before is not None and after is not None:
-                    rows_inserted = int(after[0]) - int(before[0])
-                    rows_deleted = int(after[1]) - int(before[1])
+                # before/after delta (reads in between do not move them).
+                before = cur.execute(_XACT_SQL, {"mvo_oid": oid}).fetchone()
+                refresh = _statement(schema, name, method)
+                if record is not None:
+                    # in the same message as the REFRESH: no round trip of its own
+                    refresh = sql.Composed([refresh, sql.SQL("; "), sql.SQL(_SAVEPOINT)])
+                cur.execute(refresh)
                 rows_after = _count(cur, schema, name) if opts.count_rows else None
                 size_row = cur.execute(_SIZE_SQL, [oid]).fetchone()
                 size = int(size_row[0]) if size_row else 0
-                xid = str(size_row[1]) if size_row else None
             result = RefreshResult(
                 schema=schema,
                 name=name,
@@ -288,92 +285,59 @@ def _refresh_once(
                 size_bytes=size,
                 server_version=conn.info.parameter_status("server_version") or "",
                 attempts=attempt,
-                rows_inserted=rows_inserted,
-                rows_deleted=rows_deleted,
             )
+            after = None
             if record is not None:
+                # The record rides on the last statement, the counters' read: a
+                # data-modifying CTE, so it costs no round trip of its own.
                 statement, params = record(result)
-                # With a pipeline (libpq 14+, which psycopg[binary] bundles) the statements
-                # are queued from here on and go out with the COMMIT, at the pipeline's sync
-                # (the end of ``flight``); without one, each is its own round trip. The
-                # savepoint keeps a failing record from undoing the refresh.
-                pipelined = psycopg.Pipeline.is_supported()
-                if pipelined:
-                    flight.enter_context(conn.pipeline())
                 try:
-                    cur.execute(_SAVEPOINT)
-                    cur.execute(statement, params)
-                    cur.execute(_RELEASE)
-                except psycopg.Error as early:
-                    record_exc = _first_error(early)
-                    if not pipelined:
-                        cur.execute(_ROLLBACK_TO)
-                        result = replace(result, record_error=_described(early))
-                    # pipelined, an early result raised here: the block still ends with
-                    # COMMIT, which the server skips (the pipeline is aborted); the sync
-                    # raises, and the handler below commits without the record
-        # past the block: the COMMIT (and a pipelined record) went through
+                    after = cur.execute(
+                        b"WITH mvo_record AS (" + statement + b") " + _XACT_SQL,
+                        {**params, "mvo_oid": oid},
+                    ).fetchone()
+                except psycopg.Error as exc:
+                    if conn.broken:
+                        raise
+                    # undo the record only; the refresh stays, and commits
+                    cur.execute(_ROLLBACK_TO)
+                    result = replace(result, record_error=_described(exc))
+            if after is None:
+                after = cur.execute(_XACT_SQL, {"mvo_oid": oid}).fetchone()
+            if method == "concurrently" and before is not None and after is not None:
+                result = replace(
+                    result,
+                    rows_inserted=int(after[0]) - int(before[0]),
+                    rows_deleted=int(after[1]) - int(before[1]),
+                )
         return result
     except RefreshError:
         raise
-    except psycopg.Error as raised:
-        exc = _first_error(raised)
-        if result is not None and xid is not None and _commit_without_record(conn, xid):
-            # the refresh committed; only its record failed
-            return replace(result, record_error=_described(record_exc or exc))
-        if isinstance(exc, pg_errors.LockNotAvailable):
-            pids, holders = _lock_holders(conn, oid) if oid is not None else ((), ())
-            raise LockTimeoutError(
-                view,
-                _message(exc),
-                sqlstate=exc.sqlstate,
-                method=method,
-                duration_s=time.perf_counter() - t0,
-                blocking_pids=pids,
-                lock_holders=holders,
-            ) from exc
-        error = StatementTimeoutError if isinstance(exc, pg_errors.QueryCanceled) else RefreshError
-        raise error(
+    except pg_errors.LockNotAvailable as exc:
+        pids, holders = _lock_holders(conn, oid) if oid is not None else ((), ())
+        raise LockTimeoutError(
+            view,
+            _message(exc),
+            sqlstate=exc.sqlstate,
+            method=method,
+            duration_s=time.perf_counter() - t0,
+            blocking_pids=pids,
+            lock_holders=holders,
+        ) from exc
+    except pg_errors.QueryCanceled as exc:
+        raise StatementTimeoutError(
+            view, _message(exc), sqlstate=exc.sqlstate, method=method,
+            duration_s=time.perf_counter() - t0,
+        ) from exc  # fmt: skip
+    except psycopg.Error as exc:
+        raise RefreshError(
             view, _message(exc), sqlstate=exc.sqlstate, method=method,
             duration_s=time.perf_counter() - t0,
         ) from exc  # fmt: skip
 
 
-def _first_error(exc: psycopg.Error) -> psycopg.Error:
-    """The error that aborted a pipeline, not the ``PipelineAborted`` of a later statement.
-
-    psycopg fetches a pipeline's results in batches; when the failing statement's result is
-    in one batch and the skipped statements' in the next, the second ``PipelineAborted``
-    is raised while the first error is being raised, and keeps it only as ``__context__``.
-    """
-    seen: BaseException | None = exc
-    while isinstance(seen, pg_errors.PipelineAborted):
-        seen = seen.__context__
-    return seen if isinstance(seen, psycopg.Error) else exc
-
-
-_SAVEPOINT = b"SAVEPOINT mvo_record"
-_RELEASE = b"RELEASE SAVEPOINT mvo_record"
+_SAVEPOINT = "SAVEPOINT mvo_record"
 _ROLLBACK_TO = b"ROLLBACK TO SAVEPOINT mvo_record"
-
-
-def _commit_without_record(conn: psycopg.Connection[Any], xid: str) -> bool:
-    """After an error in the flight of record + COMMIT: commit the refresh without its
-    record if its transaction is still open, and say whether transaction ``xid`` committed."""
-    if conn.broken or conn.closed:
-        return False  # unknown: reported as a failed refresh
-    try:
-        if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
-            # the record failed, so the server skipped the COMMIT behind it
-            try:
-                conn.execute(_ROLLBACK_TO)
-                conn.execute(b"COMMIT")
-            except psycopg.Error:
-                conn.rollback()
-        row = conn.execute("SELECT pg_xact_status(%s::xid8)", [xid]).fetchone()
-    except psycopg.Error:
-        return False
-    return row is not None and row[0] == "committed"
 
 
 def _described(exc: psycopg.Error) -> str:

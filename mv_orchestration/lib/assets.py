@@ -236,7 +236,7 @@ def build_refresh_assets(
                 record = None
                 if history_schema is not None:
                     history.ensure_history(conn, history_schema)
-                    # each success row travels with its refresh's COMMIT (core/refresh.py)
+                    # each success row commits with its refresh (core/refresh.py)
                     record = history.success_record(conn, history_schema, run_id=context.run.run_id)
                 for i, ref in enumerate(order, start=1):
                     done = i - 1
@@ -287,7 +287,7 @@ def build_refresh_assets(
                             break
                         continue
                     if result.record_error is not None:
-                        # the refresh committed; its history row (sent with the COMMIT) did not
+                        # the refresh committed; its history row did not
                         context.log.error(
                             f"[{i}/{total}] {ref.qualname}: refreshed, but its history row in "
                             f"{history_schema} was not written: {result.record_error}"
