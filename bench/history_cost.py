@@ -93,6 +93,11 @@ class HistoryResult:
     durability: str  # the server's fsync and synchronous_commit settings
 
 
+def _paired_ratio(variant: list[float], baseline: list[float]) -> float:
+    """Median over rounds of variant / baseline, each round's two samples taken together."""
+    return statistics.median(v / b for v, b in zip(variant, baseline, strict=True))
+
+
 def _disk_flush(directory: Path, samples: int) -> Summary:
     """What one durable commit would add: an 8 KiB write + fdatasync on this disk."""
     block = os.urandom(8192)
@@ -179,10 +184,8 @@ def run_history_cost(
                 with_history=Summary.of(both),
                 separate=Summary.of(apart),
                 round_trip=Summary.of(trips),
-                paired_ratio=statistics.median(b / a for a, b in zip(alone, both, strict=True)),
-                separate_paired_ratio=statistics.median(
-                    c / a for a, c in zip(alone, apart, strict=True)
-                ),
+                paired_ratio=_paired_ratio(both, alone),
+                separate_paired_ratio=_paired_ratio(apart, alone),
             )
             log(
                 f"  {case.qualname}: refresh {case.refresh.median_ms:.2f} ms, with history "
