@@ -7,7 +7,6 @@ import functools
 import json
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -28,29 +27,53 @@ DEMO_DB = "mvo_demo"
 STORAGE_DB = "dagster"
 
 
+# Variables whose values may hold a password; with the URLs resolved in this process (the
+# embedded server's), their secrets are taken out of every error message.
+_SECRET_VARIABLES = ("DATABASE_URL", "MVO_DAGSTER_STORAGE_URL", "PGPASSWORD")
+_resolved_urls: list[str] = []
+
+
+def _redacted(text: str) -> str:
+    from mv_orchestration.core.urls import redact, secrets_in
+
+    values = [os.environ.get(name, "").strip() for name in _SECRET_VARIABLES]
+    values = [v for v in (*values, *_resolved_urls) if v]
+    secrets: set[str] = set(values)  # a whole string, should a library quote one
+    for value in values:
+        secrets |= secrets_in(value)
+    return redact(text, secrets)
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 def _one_line_errors(fn: F) -> F:
-    """Turn expected failures into ``Error: <one line>`` and exit code 1."""
+    """Turn expected failures into ``Error: <one line>`` and exit code 1; no password
+    (of ``DATABASE_URL``, ``MVO_DAGSTER_STORAGE_URL``, ``PGPASSWORD``) is ever in it."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except MvoError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(_redacted(str(exc))) from None
         except psycopg.Error as exc:
-            first = str(exc).strip().splitlines()
-            text = first[0] if first else type(exc).__name__
+            text = _redacted(_one_line(exc))
             if exc.sqlstate is None:  # no server answer: connection-level failure
                 raise click.ClickException(f"cannot connect to the database: {text}") from None
             raise click.ClickException(
                 f"database error [SQLSTATE {exc.sqlstate}]: {text}"
             ) from None
+        except OSError as exc:  # a state directory that is a file, a full disk
+            where = f": {exc.filename}" if exc.filename else ""
+            raise click.ClickException(_redacted(f"{exc.strerror or exc}{where}")) from None
         except Exception as exc:
             from dagster import DagsterError
 
             if isinstance(exc, DagsterError):
-                first = str(exc).strip().splitlines()
-                raise click.ClickException(f"Dagster: {first[0] if first else exc}") from None
+                raise click.ClickException(_redacted(f"Dagster: {_one_line(exc)}")) from None
             raise
 
     return wrapper  # type: ignore[return-value]
@@ -70,18 +93,23 @@ def _embedded() -> Any:
     return PersistentServer(_state_dir() / "postgres")
 
 
+STORAGE_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg2", "postgresql+psycopg")
+
+
 def _psycopg2_url(url: str) -> str:
     """Dagster's storage speaks psycopg2; SQLAlchemy 2.1 would pick psycopg 3 for postgresql://."""
-    for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg2://" + url[len(prefix) :]
-    return url
+    head, sep, rest = url.strip().partition("://")
+    return f"postgresql+psycopg2://{rest}" if sep and head in STORAGE_SCHEMES else url
 
 
 def resolve_database_url() -> str:
-    """DATABASE_URL, else the embedded demo database when its server is running."""
+    """DATABASE_URL (checked: a malformed one is named, never quoted), else the embedded
+    demo database when its server is running."""
+    from mv_orchestration.core.urls import parse_conninfo
+
     url = os.environ.get("DATABASE_URL", "").strip()
     if url:
+        parse_conninfo(url, "DATABASE_URL")
         return url
     server = _embedded()
     status = server.status()
@@ -91,7 +119,9 @@ def resolve_database_url() -> str:
 
         # the same policies as `mvo dev` uses for the demo, so groups and checks match the UI
         os.environ.setdefault("MVO_POLICIES", str(Path(data.__file__).parent / "policies.yaml"))
-        return str(server.url(DEMO_DB))
+        url = str(server.url(DEMO_DB))
+        _resolved_urls.append(url)
+        return url
     raise ConfigError(
         "DATABASE_URL is not set and the embedded demo server is not running "
         "(export DATABASE_URL, or run 'mvo dev' / 'mvo db start')"
@@ -119,24 +149,61 @@ def _dagster_home() -> Path:
 
 
 def _prepare_instance(project_dir: Path) -> dict[str, str]:
-    """DAGSTER_HOME with our dagster.yaml, and Dagster's storage on the embedded server."""
+    """DAGSTER_HOME with our dagster.yaml, and Dagster's storage on the embedded server
+    unless MVO_DAGSTER_STORAGE_URL names one (checked: it parses and accepts a connection)."""
+    from mv_orchestration.core.files import write_atomic
+
     home = _dagster_home()
     env: dict[str, str] = {"DAGSTER_HOME": str(home)}
     if not (home / "dagster.yaml").exists() or "DAGSTER_HOME" not in os.environ:
         src = project_dir / "dagster.yaml"
         if not src.exists():
             raise ConfigError(f"{src} not found: run mvo from the project directory")
-        shutil.copyfile(src, home / "dagster.yaml")
+        # other mvo processes may be loading this instance right now
+        write_atomic(home / "dagster.yaml", src.read_text())
     storage = os.environ.get("MVO_DAGSTER_STORAGE_URL", "").strip()
-    if not storage:
+    if storage:
+        _check_storage_url(storage)
+    else:
         from mv_orchestration.demo.embedded import create_database
 
         server = _embedded()
         server.start()
         create_database(server.url(), STORAGE_DB)
         storage = server.url(STORAGE_DB)
+        _resolved_urls.append(storage)
     env["MVO_DAGSTER_STORAGE_URL"] = _psycopg2_url(storage)
     return env
+
+
+STORAGE_CONNECT_TIMEOUT_S = 5
+
+
+def _check_storage_url(url: str) -> None:
+    """MVO_DAGSTER_STORAGE_URL parses as a URL (the form Dagster's SQLAlchemy storage
+    needs) and accepts a connection within STORAGE_CONNECT_TIMEOUT_S; else one line that
+    quotes no part of it. The connection uses the parameters SQLAlchemy hands psycopg2."""
+    from sqlalchemy.engine import make_url
+
+    from mv_orchestration.core.urls import EXPECTED_URL, libpq_url, parse_conninfo
+
+    name = "MVO_DAGSTER_STORAGE_URL"
+    info = parse_conninfo(url, name, schemes=STORAGE_SCHEMES, url_only=True)
+    try:
+        parsed = make_url(libpq_url(url, STORAGE_SCHEMES))
+        params: dict[str, Any] = parsed.translate_connect_args(username="user", database="dbname")
+        params.update({k: v if isinstance(v, str) else v[-1] for k, v in parsed.query.items()})
+    except Exception:  # SQLAlchemy's messages quote the URL
+        raise ConfigError(
+            f"{name} is not a valid PostgreSQL URL: Dagster's storage (SQLAlchemy) cannot "
+            f"read it (one host, a numeric port); {EXPECTED_URL}"
+        ) from None
+    try:
+        psycopg.connect(**params, connect_timeout=STORAGE_CONNECT_TIMEOUT_S).close()
+    except psycopg.Error as exc:
+        raise ConfigError(
+            f"{name}: cannot connect to Dagster's storage database: {info.redact(_one_line(exc))}"
+        ) from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -272,9 +339,11 @@ def discover(as_json: bool, schemas: tuple[str, ...]) -> None:
     from mv_orchestration.core.catalog import read_catalog
     from mv_orchestration.core.graph import LineageGraph
     from mv_orchestration.core.refresh import choose_method
+    from mv_orchestration.lib.snapshot import check_schemas_exist
 
     url = resolve_database_url()
     with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+        check_schemas_exist(conn, schemas, "--schema")
         snap = read_catalog(conn, list(schemas) or None)
     order = LineageGraph(snap).refresh_order()
     if as_json:
@@ -347,6 +416,8 @@ def refresh(
         graph = defs.resolve_asset_graph()
         mv_keys = sorted(graph.materializable_asset_keys, key=lambda k: tuple(k.path))
         selected = _select(graph, mv_keys, views, groups, all_views, downstream)
+        if not selected:
+            raise _nothing_to_manage(Settings.from_env())
         job = defs.resolve_implicit_global_asset_job_def()
 
         @dg.logger
@@ -371,6 +442,18 @@ def refresh(
             f"run {result.run_id} failed: {done} of {len(selected)} view(s) refreshed"
         )
     click.echo(f"run {result.run_id} succeeded: {done} view(s) refreshed")
+
+
+def _nothing_to_manage(settings: Any) -> ConfigError:
+    """The error of ``mvo status``/``mvo refresh`` when the selected schemas hold no MVs."""
+    where = (
+        f"schema(s) {', '.join(settings.schemas)} (MVO_SCHEMAS)"
+        if settings.schemas
+        else "any schema of the database"
+    )
+    if settings.exclude_schemas:
+        where += f", leaving out {', '.join(settings.exclude_schemas)} (MVO_EXCLUDE_SCHEMAS)"
+    return ConfigError(f"nothing to manage: no materialized views in {where} (see 'mvo discover')")
 
 
 def _select(
@@ -469,6 +552,8 @@ def status(views: tuple[str, ...], since: str, groups: tuple[str, ...], as_json:
             raise ConfigError("refresh history is off (MVO_HISTORY_SCHEMA=off): no status to show")
         graph = build_from_settings(settings).resolve_asset_graph()
         mv_keys = sorted(graph.materializable_asset_keys, key=lambda k: tuple(k.path))
+        if not mv_keys:
+            raise _nothing_to_manage(settings)
         if views or groups:
             keys = _select(graph, mv_keys, views, groups, all_views=False, downstream=False)
         else:
@@ -534,10 +619,16 @@ def db() -> None:
 @db.command("start")
 @_one_line_errors
 def db_start() -> None:
-    """Start the embedded server (initialising it on first use) and print its URL."""
+    """Start the embedded server (initialising it on first use) and print its URL.
+
+    The URL is printed without the password; 'mvo db url' prints it with.
+    """
+    from mv_orchestration.core.urls import without_password
+
     server = _embedded()
     url = server.start()
-    click.echo(url)
+    click.echo(without_password(url))
+    _echo_err("(password left out: 'mvo db url' prints the full URL)")
 
 
 @db.command("stop")

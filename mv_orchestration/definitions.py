@@ -12,6 +12,8 @@ from datetime import timedelta
 
 import dagster as dg
 
+from mv_orchestration.core.catalog import CatalogSnapshot
+from mv_orchestration.errors import ConfigError
 from mv_orchestration.lib.alerting import Notifier
 from mv_orchestration.lib.defs import DatabaseTarget, build_definitions, default_translator
 from mv_orchestration.lib.policies import AlertRoutes, PolicyFile, load_policies
@@ -37,6 +39,21 @@ def build_notifier(
     return Notifier(urls, routes.group_urls)
 
 
+def _check_history_schema(settings: Settings, snapshot: CatalogSnapshot) -> None:
+    """The history schema must not hold views this code location manages: they would share
+    a schema with the tables the history writes and the retention job prunes. (Such views
+    used to be left out without a word.)"""
+    schema = settings.history_schema
+    held = sorted(mv.qualname for mv in snapshot.matviews if mv.schema == schema)
+    if schema is None or not held:
+        return
+    shown = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
+    raise ConfigError(
+        f"MVO_HISTORY_SCHEMA={schema!r} holds managed materialized views ({shown}): "
+        f"give the history a schema of its own, or leave {schema} out with MVO_EXCLUDE_SCHEMAS"
+    )
+
+
 def build_from_settings(
     settings: Settings, environ: Mapping[str, str] | None = None
 ) -> dg.Definitions:
@@ -45,14 +62,14 @@ def build_from_settings(
     ``environ`` (default: the process environment) resolves the policy file's alert
     variables.
     """
-    history_schemas = [settings.history_schema] if settings.history_schema else []
     snapshot = load_snapshot(
         settings.database_url,
         alias=settings.alias,
         schemas=settings.schemas,
-        exclude_schemas=(*settings.exclude_schemas, *history_schemas),
+        exclude_schemas=settings.exclude_schemas,
         cache_dir=settings.state_dir / "catalog",
     )
+    _check_history_schema(settings, snapshot)
     resource = PostgresResource(
         dsn=dg.EnvVar("DATABASE_URL"),
         lock_timeout_s=settings.lock_timeout_s,

@@ -6,10 +6,12 @@ definitions are built (``definitions.build_from_settings``), from the same envir
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from mv_orchestration.core.urls import parse_conninfo
 from mv_orchestration.errors import ConfigError
 from mv_orchestration.lib.alerting import split_urls, url_problem
 
@@ -19,7 +21,16 @@ def _csv(name: str) -> tuple[str, ...] | None:
     return tuple(s.strip() for s in raw.split(",") if s.strip()) or None
 
 
-def _float(name: str, default: float) -> float:
+# PostgreSQL's timeouts are whole milliseconds in a 32-bit integer: about 24.8 days
+MAX_TIMEOUT_S = 2_147_483.0
+MAX_RETRIES = 10  # the delay doubles per retry: 10 retries of 30 s wait 8.5 h in all
+MAX_RETRY_DELAY_S = 86_400.0
+MAX_RETENTION_DAYS = 36_500.0
+MAX_IDENTIFIER_BYTES = 63  # PostgreSQL cuts longer names short (NAMEDATALEN - 1)
+
+
+def _float(name: str, default: float, *, maximum: float) -> float:
+    """A finite number greater than 0 and at most ``maximum``."""
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
         return default
@@ -27,17 +38,24 @@ def _float(name: str, default: float) -> float:
         value = float(raw)
     except ValueError as exc:
         raise ConfigError(f"{name}={raw!r} is not a number") from exc
+    if not math.isfinite(value):
+        raise ConfigError(f"{name}={raw!r} is not a finite number")
     if value <= 0:
         raise ConfigError(f"{name}={raw!r} must be greater than 0")
+    if value > maximum:
+        raise ConfigError(f"{name}={raw!r} must be at most {maximum:.15g}")
     return value
 
 
-def _count(name: str, default: int) -> int:
+def _count(name: str, default: int, *, maximum: int) -> int:
+    """A whole number from 0 to ``maximum``."""
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
-    if not raw.isdigit():
-        raise ConfigError(f"{name}={raw!r}: expected a whole number, 0 or more")
+    # isascii: str.isdigit() also accepts digits int() refuses, such as '²'; the length
+    # keeps int() off a thousands-digit string
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 9 or int(raw) > maximum:
+        raise ConfigError(f"{name}={raw!r}: expected a whole number from 0 to {maximum}")
     return int(raw)
 
 
@@ -74,11 +92,36 @@ def _alert_urls() -> tuple[str, ...]:
 
 
 def _history_schema() -> str | None:
-    """``MVO_HISTORY_SCHEMA``: where refresh history lives; ``off`` disables it."""
+    """``MVO_HISTORY_SCHEMA``: where refresh history lives; ``off`` disables it. A system
+    schema (``pg_catalog``, ``information_schema``, any ``pg_*``) is refused; one that holds
+    managed MVs is refused where the catalog is read (``definitions.build_from_settings``)."""
     raw = os.environ.get("MVO_HISTORY_SCHEMA", "").strip()
     if raw.lower() in ("off", "none", "false", "0"):
         return None
+    if raw == "information_schema" or raw.startswith("pg_"):
+        raise ConfigError(
+            f"MVO_HISTORY_SCHEMA={raw!r} is a system schema: choose a schema of its own "
+            "(default mvo), or off"
+        )
+    if len(raw.encode()) > MAX_IDENTIFIER_BYTES:
+        raise ConfigError(
+            f"MVO_HISTORY_SCHEMA is longer than {MAX_IDENTIFIER_BYTES} bytes, "
+            "PostgreSQL's limit for a name"
+        )
     return raw or "mvo"
+
+
+def _database_url() -> str:
+    """``DATABASE_URL``, checked as libpq will read it (a malformed one is named, never
+    quoted: it may hold a password)."""
+    url = os.environ.get("DATABASE_URL", "").strip()
+    if not url:
+        raise ConfigError(
+            "DATABASE_URL is not set: export it (postgresql://user@host:5432/db) "
+            "or run 'mvo dev' to use the embedded demo database"
+        )
+    parse_conninfo(url, "DATABASE_URL")
+    return url
 
 
 @dataclass(frozen=True)
@@ -103,24 +146,20 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> Settings:
-        url = os.environ.get("DATABASE_URL", "").strip()
-        if not url:
-            raise ConfigError(
-                "DATABASE_URL is not set: export it (postgresql://user@host:5432/db) "
-                "or run 'mvo dev' to use the embedded demo database"
-            )
         return cls(
-            database_url=url,
+            database_url=_database_url(),
             alias=os.environ.get("MVO_DATABASE_ALIAS", "").strip() or "default",
             schemas=_csv("MVO_SCHEMAS"),
             exclude_schemas=_csv("MVO_EXCLUDE_SCHEMAS") or (),
             state_dir=Path(os.environ.get("MVO_STATE_DIR", ".mvo")).resolve(),
-            lock_timeout_s=_float("MVO_LOCK_TIMEOUT_S", 10.0),
-            statement_timeout_s=_float("MVO_STATEMENT_TIMEOUT_S", 1800.0),
-            retries=_count("MVO_RETRIES", 2),
-            retry_delay_s=_float("MVO_RETRY_DELAY_S", 30.0),
+            lock_timeout_s=_float("MVO_LOCK_TIMEOUT_S", 10.0, maximum=MAX_TIMEOUT_S),
+            statement_timeout_s=_float("MVO_STATEMENT_TIMEOUT_S", 1800.0, maximum=MAX_TIMEOUT_S),
+            retries=_count("MVO_RETRIES", 2, maximum=MAX_RETRIES),
+            retry_delay_s=_float("MVO_RETRY_DELAY_S", 30.0, maximum=MAX_RETRY_DELAY_S),
             history_schema=_history_schema(),
-            history_retention_days=_float("MVO_HISTORY_RETENTION_DAYS", 30.0),
+            history_retention_days=_float(
+                "MVO_HISTORY_RETENTION_DAYS", 30.0, maximum=MAX_RETENTION_DAYS
+            ),
             automation_running=_flag("MVO_AUTOMATION", default=True),
             policies_path=_policies_path(),
             alert_urls=_alert_urls(),
