@@ -95,7 +95,33 @@ def test_policy_file_alerts_alone_create_the_alert_sensors(
     [
         ("MVO_AUTOMATION", "maybe", "MVO_AUTOMATION='maybe': expected on or off"),
         ("MVO_LOCK_TIMEOUT_S", "soon", "MVO_LOCK_TIMEOUT_S='soon' is not a number"),
-        ("MVO_RETRIES", "-1", "MVO_RETRIES='-1': expected a whole number, 0 or more"),
+        ("MVO_RETRIES", "-1", "MVO_RETRIES='-1': expected a whole number from 0 to 10"),
+        ("MVO_RETRIES", "11", "MVO_RETRIES='11': expected a whole number from 0 to 10"),
+        ("MVO_RETRIES", "²", "MVO_RETRIES='²': expected a whole number from 0 to 10"),
+        ("MVO_RETRIES", "9" * 5000, f"MVO_RETRIES={'9' * 5000!r}: expected a whole number "
+         "from 0 to 10"),
+        ("MVO_LOCK_TIMEOUT_S", "nan", "MVO_LOCK_TIMEOUT_S='nan' is not a finite number"),
+        ("MVO_STATEMENT_TIMEOUT_S", "inf", "MVO_STATEMENT_TIMEOUT_S='inf' is not a finite number"),
+        ("MVO_STATEMENT_TIMEOUT_S", "1e309", "MVO_STATEMENT_TIMEOUT_S='1e309' is not a finite "
+         "number"),
+        ("MVO_LOCK_TIMEOUT_S", "0", "MVO_LOCK_TIMEOUT_S='0' must be greater than 0"),
+        ("MVO_LOCK_TIMEOUT_S", "2147484", "MVO_LOCK_TIMEOUT_S='2147484' must be at most 2147483"),
+        ("MVO_RETRY_DELAY_S", "-inf", "MVO_RETRY_DELAY_S='-inf' is not a finite number"),
+        ("MVO_RETRY_DELAY_S", "86401", "MVO_RETRY_DELAY_S='86401' must be at most 86400"),
+        ("MVO_HISTORY_RETENTION_DAYS", "1e9", "MVO_HISTORY_RETENTION_DAYS='1e9' must be at most "
+         "36500"),
+        ("MVO_HISTORY_SCHEMA", "pg_catalog", "MVO_HISTORY_SCHEMA='pg_catalog' is a system schema: "
+         "choose a schema of its own (default mvo), or off"),
+        ("MVO_HISTORY_SCHEMA", "pg_toast", "MVO_HISTORY_SCHEMA='pg_toast' is a system schema: "
+         "choose a schema of its own (default mvo), or off"),
+        ("MVO_HISTORY_SCHEMA", "pg_mine", "MVO_HISTORY_SCHEMA='pg_mine' is a system schema: "
+         "choose a schema of its own (default mvo), or off"),
+        ("MVO_HISTORY_SCHEMA", "information_schema", "MVO_HISTORY_SCHEMA='information_schema' "
+         "is a system schema: choose a schema of its own (default mvo), or off"),
+        ("MVO_HISTORY_SCHEMA", "h" * 64, "MVO_HISTORY_SCHEMA is longer than 63 bytes, "
+         "PostgreSQL's limit for a name"),
+        ("DATABASE_URL", "postgresql//u:s3cretpw@h/db", "DATABASE_URL is not a valid PostgreSQL "
+         "URL: missing '://' after the scheme; expected postgresql://user@host:5432/db"),
         ("MVO_POLICIES", "/nonexistent.yaml", "MVO_POLICIES='/nonexistent.yaml': no such file"),
         (
             "MVO_ALERT_URLS",
@@ -103,7 +129,7 @@ def test_policy_file_alerts_alone_create_the_alert_sensors(
             "MVO_ALERT_URLS: URL #2 is not a valid apprise URL (scheme 'slack')",
         ),
     ],
-)
+)  # fmt: skip
 def test_bad_settings_are_one_line(
     monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str
 ) -> None:
@@ -112,6 +138,38 @@ def test_bad_settings_are_one_line(
     with pytest.raises(ConfigError) as info:
         Settings.from_env()
     assert str(info.value) == message
+    assert "s3cret" not in str(info.value)
+
+
+def test_history_schema_holding_managed_views(
+    demo_env: None, conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MVO_HISTORY_SCHEMA", "school")
+    with pytest.raises(ConfigError) as info:
+        build_from_settings(Settings.from_env())
+    assert str(info.value) == (
+        "MVO_HISTORY_SCHEMA='school' holds managed materialized views (school.mv_attendance_daily,"
+        " school.mv_fee_collection, school.mv_grade_summary and 1 more): give the history a "
+        "schema of its own, or leave school out with MVO_EXCLUDE_SCHEMAS"
+    )
+    # its views left out (and the demo policies, which name the school group): fine
+    monkeypatch.setenv("MVO_EXCLUDE_SCHEMAS", "school")
+    monkeypatch.delenv("MVO_POLICIES")
+    keys = build_from_settings(Settings.from_env()).resolve_asset_graph().materializable_asset_keys
+    assert keys and not any(k.path[0] == "school" for k in keys)
+
+
+def test_schemas_that_do_not_exist(
+    demo_env: None, conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MVO_SCHEMAS", "saas,nope,school,gone")
+    with pytest.raises(ConfigError) as info:
+        build_from_settings(Settings.from_env())
+    database = conn.info.dbname
+    assert str(info.value) == (
+        f"MVO_SCHEMAS names schema(s) that database {database!r} does not have: nope, gone "
+        "(its schemas: llm_usage, marketing, mes, public, saas, school)"
+    )
 
 
 def test_missing_database_url(monkeypatch: pytest.MonkeyPatch) -> None:

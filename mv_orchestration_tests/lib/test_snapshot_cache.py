@@ -20,7 +20,6 @@ from mv_orchestration.core.catalog import CatalogSnapshot
 from mv_orchestration.core.files import write_atomic
 from mv_orchestration.lib.snapshot import cache_file, load_snapshot
 
-ROOT = Path(__file__).resolve().parents[2]
 DDL = """
 CREATE SCHEMA shop;
 CREATE TABLE shop.orders (id int PRIMARY KEY, amount int);
