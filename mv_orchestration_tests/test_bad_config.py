@@ -80,9 +80,7 @@ def target(pg_server: PgServer, db_url: str) -> Iterator[Target]:
     with psycopg.connect(base.url(), autocommit=True) as conn:
         conn.execute(DDL)
     try:
-        yield Target(
-            parts.hostname, parts.port, role, base.url(), base.url(db=storage_db)
-        )
+        yield Target(parts.hostname, parts.port, role, base.url(), base.url(db=storage_db))
     finally:
         pg_server.drop_database(storage_db)
         for url in (db_url, pg_server.admin_url):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -197,3 +200,40 @@ def test_status_health_and_exit_codes(
     assert bad.exit_code == 2 and "use numbers with units d, h, m, s" in bad.output
     # the policy file's grammar: combined units work here too
     assert run("status", "shop.mv_grand", "--since", "1d12h").exit_code == 2
+
+
+def test_db_start_prints_the_url_without_its_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mv_orchestration.demo.embedded import PersistentServer
+
+    # not under pytest's tmp_path: as root, the server runs as an OS user that must reach it
+    state = Path(tempfile.mkdtemp(prefix="mvo-db-start-"))
+    os.chmod(state, 0o755)
+    monkeypatch.setenv("MVO_STATE_DIR", str(state))
+    monkeypatch.setenv("MVO_POLICIES", "")  # so the CLI's default for the demo is undone after
+    try:
+        started = run("db", "start")
+        assert started.exit_code == 0, started.output
+        full = run("db", "url", "--database", "postgres").stdout.strip()
+        password = json.loads((state / "postgres" / "server.json").read_text())["password"]
+        assert password in full  # 'mvo db url' is the one command that prints it
+        assert password not in started.output
+        assert started.stdout.strip() == full.replace(f":{password}@", "@")
+        assert started.stderr == "(password left out: 'mvo db url' prints the full URL)\n"
+        # an error of a connection to the embedded server does not print it either
+        result = run("discover", env={"DATABASE_URL": ""})
+        assert result.exit_code == 1 and password not in result.output
+        assert 'database "mvo_demo" does not exist' in result.output
+    finally:
+        PersistentServer(state / "postgres").stop()
+        shutil.rmtree(state)
+
+
+def test_nothing_to_manage(cli_env: dict[str, str], conn: psycopg.Connection[Any]) -> None:
+    conn.execute("CREATE SCHEMA empty")
+    for args in (("refresh", "--all"), ("status",)):
+        result = run(*args, env={"MVO_SCHEMAS": "empty"})
+        assert result.exit_code == 1
+        assert result.output == (
+            "Error: nothing to manage: no materialized views in schema(s) empty (MVO_SCHEMAS)"
+            " (see 'mvo discover')\n"
+        )

@@ -37,6 +37,7 @@ from urllib.parse import quote
 
 import psycopg
 
+from mv_orchestration.core.files import write_atomic
 from mv_orchestration.errors import EmbeddedServerError
 
 SUPERUSER = "postgres"
@@ -202,8 +203,7 @@ def _initdb(bindir: Path, pgdata: Path, password: str, user: _OsUser | None) -> 
     pgdata.mkdir(parents=True, exist_ok=True)
     os.chmod(pgdata, 0o700)
     pwfile = pgdata.parent / ".pwfile"
-    pwfile.write_text(password + "\n")
-    os.chmod(pwfile, 0o600)
+    write_atomic(pwfile, password + "\n", mode=0o600)  # never readable by others, even briefly
     _chown_tree(pgdata, user)
     if user is not None:
         os.chown(pwfile, user.uid, user.gid)
@@ -409,8 +409,7 @@ class PersistentServer:
             if self.pgdata.exists():
                 shutil.rmtree(self.pgdata)
             _initdb(bindir, self.pgdata, str(state["password"]), user)
-            self._state_file.write_text(json.dumps(state))
-            os.chmod(self._state_file, 0o600)
+            write_atomic(self._state_file, json.dumps(state), mode=0o600)
         url = self.url()
         if self._pid() is not None:
             wait_ready(url)
