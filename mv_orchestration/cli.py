@@ -103,8 +103,19 @@ def _psycopg2_url(url: str) -> str:
 
 
 def resolve_database_url() -> str:
-    """DATABASE_URL (checked: a malformed one is named, never quoted), else the embedded
-    demo database when its server is running."""
+    """DATABASE_URL, else the embedded demo database when its server is running; checked
+    (a malformed URL is named, never quoted) and connected to once, so that a command fails
+    at once with one line rather than load a cached catalog and retry its refreshes."""
+    url = _database_url()
+    with psycopg.connect(url, connect_timeout=DATABASE_CONNECT_TIMEOUT_S):
+        pass
+    return url
+
+
+DATABASE_CONNECT_TIMEOUT_S = 10
+
+
+def _database_url() -> str:
     from mv_orchestration.core.urls import parse_conninfo
 
     url = os.environ.get("DATABASE_URL", "").strip()

@@ -213,6 +213,15 @@ def test_a_real_refresh_leaves_the_password_nowhere(
         with psycopg.connect(url, autocommit=True) as conn:
             assert _rows_holding(conn, PASSWORD) == {}
 
+    # a cache now exists for this database (its key leaves the password out): a command
+    # whose connection fails says so in one line instead of loading the cache and retrying
+    for args in (["refresh", "--all"], ["status"]):
+        failed = mvo(args, env, DATABASE_URL=target.url("Wrong" + PASSWORD))
+        assert failed.returncode == 1
+        assert failed.stderr.startswith("Error: cannot connect to the database: ")
+        assert "password authentication failed" in failed.stderr
+        assert len(failed.stderr.splitlines()) == 1 and PASSWORD not in failed.stderr
+
 
 def _rows_holding(conn: psycopg.Connection[Any], secret: str) -> dict[str, int]:
     tables = conn.execute(
