@@ -14,12 +14,15 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import psycopg
 
 from mv_orchestration.errors import ConfigError, MvoError
+
+if TYPE_CHECKING:
+    from mv_orchestration.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -455,7 +458,7 @@ def refresh(
     click.echo(f"run {result.run_id} succeeded: {done} view(s) refreshed")
 
 
-def _nothing_to_manage(settings: Any) -> ConfigError:
+def _nothing_to_manage(settings: Settings) -> ConfigError:
     """The error of ``mvo status``/``mvo refresh`` when the selected schemas hold no MVs."""
     where = (
         f"schema(s) {', '.join(settings.schemas)} (MVO_SCHEMAS)"

@@ -10,6 +10,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from mv_orchestration.core.urls import parse_conninfo
 from mv_orchestration.errors import ConfigError
@@ -111,6 +112,20 @@ def _history_schema() -> str | None:
     return raw or "mvo"
 
 
+def _ui_base_url() -> str | None:
+    """``MVO_UI_BASE_URL``: where alerts link to; an http(s) URL with a host."""
+    raw = os.environ.get("MVO_UI_BASE_URL", "").strip().rstrip("/")
+    if not raw:
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            "MVO_UI_BASE_URL is not an http:// or https:// URL with a host "
+            "(e.g. http://dagster.internal:3000)"
+        )
+    return raw
+
+
 def _database_url() -> str:
     """``DATABASE_URL``, checked as libpq will read it (a malformed one is named, never
     quoted: it may hold a password)."""
@@ -163,5 +178,5 @@ class Settings:
             automation_running=_flag("MVO_AUTOMATION", default=True),
             policies_path=_policies_path(),
             alert_urls=_alert_urls(),
-            ui_base_url=os.environ.get("MVO_UI_BASE_URL", "").strip().rstrip("/") or None,
+            ui_base_url=_ui_base_url(),
         )

@@ -120,6 +120,8 @@ def test_policy_file_alerts_alone_create_the_alert_sensors(
          "is a system schema: choose a schema of its own (default mvo), or off"),
         ("MVO_HISTORY_SCHEMA", "h" * 64, "MVO_HISTORY_SCHEMA is longer than 63 bytes, "
          "PostgreSQL's limit for a name"),
+        ("MVO_UI_BASE_URL", "dagster.internal:3000", "MVO_UI_BASE_URL is not an http:// or "
+         "https:// URL with a host (e.g. http://dagster.internal:3000)"),
         ("DATABASE_URL", "postgresql//u:s3cretpw@h/db", "DATABASE_URL is not a valid PostgreSQL "
          "URL: missing '://' after the scheme; expected postgresql://user@host:5432/db"),
         ("MVO_POLICIES", "/nonexistent.yaml", "MVO_POLICIES='/nonexistent.yaml': no such file"),
