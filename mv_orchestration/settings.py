@@ -91,6 +91,7 @@ class Settings:
     exclude_schemas: tuple[str, ...]
     state_dir: Path
     lock_timeout_s: float
+    lock_retries: int
     statement_timeout_s: float
     retries: int
     retry_delay_s: float
@@ -115,7 +116,8 @@ class Settings:
             schemas=_csv("MVO_SCHEMAS"),
             exclude_schemas=_csv("MVO_EXCLUDE_SCHEMAS") or (),
             state_dir=Path(os.environ.get("MVO_STATE_DIR", ".mvo")).resolve(),
-            lock_timeout_s=_float("MVO_LOCK_TIMEOUT_S", 10.0),
+            lock_timeout_s=_float("MVO_LOCK_TIMEOUT_S", 0.5),
+            lock_retries=_count("MVO_LOCK_RETRIES", 14),
             statement_timeout_s=_float("MVO_STATEMENT_TIMEOUT_S", 1800.0),
             retries=_count("MVO_RETRIES", 2),
             retry_delay_s=_float("MVO_RETRY_DELAY_S", 30.0),
