@@ -182,6 +182,18 @@ def retry_delay(retry: int, base_s: float, cap_s: float, rng: random.Random) -> 
     return ceiling / 2 + rng.uniform(0.0, ceiling / 2)
 
 
+def lock_retry_span(opts: RefreshOptions) -> tuple[float, float]:
+    """Shortest and longest time from a plain refresh's first lock request to the end of its
+    last attempt, when every attempt times out (each lasts its lock_timeout, the delays lie
+    between their bounds)."""
+    ceilings = [
+        min(opts.retry_backoff_max_s, opts.retry_backoff_s * 2.0 ** min(n - 1, 64))
+        for n in range(1, opts.lock_retries + 1)
+    ]
+    attempts_s = (opts.lock_retries + 1) * opts.lock_timeout_s
+    return attempts_s + sum(ceilings) / 2, attempts_s + sum(ceilings)
+
+
 def _lock_holders(
     conn: psycopg.Connection[Any], oid: int, method: Method | None, waited_s: float
 ) -> tuple[tuple[int, ...], tuple[str, ...]]:
