@@ -96,6 +96,7 @@ def test_policy_file_alerts_alone_create_the_alert_sensors(
         ("MVO_AUTOMATION", "maybe", "MVO_AUTOMATION='maybe': expected on or off"),
         ("MVO_LOCK_TIMEOUT_S", "soon", "MVO_LOCK_TIMEOUT_S='soon' is not a number"),
         ("MVO_RETRIES", "-1", "MVO_RETRIES='-1': expected a whole number, 0 or more"),
+        ("MVO_LOCK_RETRIES", "many", "MVO_LOCK_RETRIES='many': expected a whole number, 0 or more"),
         ("MVO_POLICIES", "/nonexistent.yaml", "MVO_POLICIES='/nonexistent.yaml': no such file"),
         (
             "MVO_ALERT_URLS",
