@@ -87,6 +87,7 @@ class ReaderWaitResult:
     rows: int
     alone: Summary  # the same SELECT with nothing waiting
     new: RefreshOptions
+    seconds: float  # how long this benchmark took
 
     def get(self, variant: str, hold_s: float) -> Cell:
         return next(c for c in self.cells if c.variant == variant and c.hold_s == hold_s)
@@ -206,6 +207,7 @@ def run_reader_wait(
     db_url: str, *, holds_s: Sequence[float], log: Callable[[str], None]
 ) -> ReaderWaitResult:
     """Run benchmark G in ``db_url`` (an empty database)."""
+    began = time.perf_counter()
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute(_DDL)
         conn.execute("VACUUM ANALYZE report_src")
@@ -241,4 +243,5 @@ def run_reader_wait(
         rows=ROWS,
         alone=alone,
         new=RefreshOptions(),
+        seconds=time.perf_counter() - began,
     )

@@ -467,7 +467,7 @@ def reader_wait_table(result: ReaderWaitResult, fmt: str) -> str:
     )
 
 
-def _section_g(r: ReaderWaitResult) -> str:
+def _section_g(r: ReaderWaitResult, info: RunInfo) -> str:
     table = reader_wait_table(r, "github")
     o = r.new
     long, short = max(r.holds_s), min(r.holds_s)
@@ -487,6 +487,8 @@ def _section_g(r: ReaderWaitResult) -> str:
     else:
         outcome = "**The new defaults' refresh failed** (see the table)."
     return f"""## G. A new reader's wait behind a blocking refresh (issue 11)
+
+Measured by `{info.command}` on {info.date} (this section: {r.seconds:.0f} s).
 
 A long reader transaction (the *holder*: `BEGIN`, one `SELECT count(*)` of `mv_report`, then
 idle, as a report or a forgotten `psql` session would) holds ACCESS SHARE on `mv_report`
@@ -920,7 +922,7 @@ def render_markdown(info: RunInfo, results: Results) -> str:
     if r.lag is not None:
         sections.append(_section_f(r.lag))
     if r.reader_wait is not None:
-        sections.append(_section_g(r.reader_wait))
+        sections.append(_section_g(r.reader_wait, info))
     body = "\n".join(sections)
     return f"""# Benchmarks
 
