@@ -17,8 +17,10 @@ from bench.fingerprint import ROWS_PER_SMALL_TABLE, FingerprintResult
 from bench.history_cost import TARGET, HistoryResult
 from bench.lag import LagResult
 from bench.overhead import OverheadResult
+from bench.reader_wait import ReaderWaitResult
 from bench.stats import Summary, fmt_ms
 from bench.writer import WriterResult
+from mv_orchestration.core.refresh import lock_retry_span
 from mv_orchestration.lib.assets import PREVIEW_ROWS
 
 
@@ -32,6 +34,7 @@ class Results:
     writer: WriterResult | None = None
     fingerprint: FingerprintResult | None = None
     lag: LagResult | None = None
+    reader_wait: ReaderWaitResult | None = None
 
 
 @dataclass(frozen=True)
@@ -417,6 +420,108 @@ def lag_tables(result: LagResult, fmt: str) -> tuple[str, str]:
         ("left",) + ("right",) * 9,
     )
     return quiet, steady
+
+
+READER_BOUND_S = 1.5  # issue 11: a reader's SELECT returns within this while a refresh waits
+_READER_LABELS = {
+    "bare": "bare `REFRESH MATERIALIZED VIEW` (no `lock_timeout`)",
+    "old": "old defaults: `lock_timeout` 10 s, 2 retries after 2 s, 4 s",
+    "new": "new defaults: `lock_timeout` 0.5 s, 14 retries, jittered backoff",
+}
+
+
+def _refresh_outcome(cell: Any) -> str:
+    attempts = f"{cell.attempts} attempt{'' if cell.attempts == 1 else 's'}"
+    after = cell.ended_s - cell.hold_s
+    if not cell.ok:
+        return f"failed at {cell.ended_s:.1f} s, after {attempts}"
+    return f"done at {cell.ended_s:.1f} s ({after:+.1f} s after the holder's commit), {attempts}"
+
+
+def reader_wait_table(result: ReaderWaitResult, fmt: str) -> str:
+    rows = [
+        [
+            f"{c.hold_s:g} s",
+            _READER_LABELS[c.variant],
+            len(c.readers),
+            f"{c.waits.median_ms / 1000:.3f}",
+            f"{c.waits.max_ms / 1000:.3f}",
+            c.over(READER_BOUND_S),
+            _refresh_outcome(c),
+        ]
+        for c in result.cells
+    ]
+    return _table(
+        rows,
+        [
+            "holder commits after",
+            "refresh",
+            "readers",
+            "median wait s",
+            "max wait s",
+            f"readers ≥ {READER_BOUND_S:g} s",
+            "the refresh",
+        ],
+        fmt,
+        ("right", "left", "right", "right", "right", "right", "left"),
+    )
+
+
+def _section_g(r: ReaderWaitResult, info: RunInfo) -> str:
+    table = reader_wait_table(r, "github")
+    o = r.new
+    long, short = max(r.holds_s), min(r.holds_s)
+
+    def worst(variant: str) -> str:
+        return f"{max(r.get(variant, h).waits.max_ms for h in r.holds_s) / 1000:.2f} s"
+
+    done = [r.get("new", h) for h in r.holds_s]
+    shortest, longest = lock_retry_span(o)
+    if all(c.ok for c in done):
+        outcome = (
+            "The new defaults' refresh still succeeded behind both holders, "
+            + " and ".join(f"{c.ended_s - c.hold_s:.1f} s" for c in done)
+            + " after the holder's commit (its next attempt comes after at most one back-off "
+            f"delay, ≤ {o.retry_backoff_max_s:g} s)."
+        )
+    else:
+        outcome = "**The new defaults' refresh failed** (see the table)."
+    return f"""## G. A new reader's wait behind a blocking refresh (issue 11)
+
+Measured by `{info.command}` on {info.date} (this section: {r.seconds:.0f} s).
+
+A long reader transaction (the *holder*: `BEGIN`, one `SELECT count(*)` of `mv_report`, then
+idle, as a report or a forgotten `psql` session would) holds ACCESS SHARE on `mv_report`
+({r.rows:,} rows, no unique index, so every refresh of it is a plain, blocking one). A refresh
+starts, and the holder commits {short:g} s or {long:g} s later. A plain refresh asks for ACCESS
+EXCLUSIVE, and while that request waits, every new `SELECT` of the MV queues behind it. Three
+refreshes, one after another in the same run (`bench/reader_wait.py`):
+
+* **bare** `REFRESH MATERIALIZED VIEW mv_report` with `lock_timeout = 0` (it waits for ever);
+* **old defaults** of `refresh_view()` before issue 11: `lock_timeout` 10 s, then 2 retries
+  after 2 s and 4 s (replayed as three one-attempt `refresh_view()` calls with those sleeps);
+* **new defaults**: `refresh_view(conn, "public", "mv_report")`: `lock_timeout`
+  {o.lock_timeout_s:g} s for a plain refresh, {o.lock_retries} retries, retry n after a delay
+  drawn from the upper half of min({o.retry_backoff_max_s:g} s, {o.retry_backoff_s:g} s * 2^(n-1)).
+
+Readers start one per {r.reader_every_s:g} s slot, each at a random moment of its slot (a
+seeded generator), from the refresh's start until it has ended, each on its own connection
+opened beforehand, and time one `SELECT count(*)` of the MV. So they start at every phase of
+an attempt's wait, and during the new defaults' back-off sleeps, when nothing is queued. With
+nothing in the way that `SELECT` takes {fmt_ms(r.alone.median_ms)} ms (median of
+{r.alone.n}). One run per cell.
+
+{table}
+
+The longest wait of a reader was {worst("bare")} behind the bare `REFRESH` and {worst("old")}
+with the old defaults: a reader queues behind the waiting request for as long as the holder
+keeps it waiting, and the old `lock_timeout` (10 s) lets it wait that long. With the new
+defaults it was {worst("new")}: no attempt keeps its request queued longer than
+{o.lock_timeout_s:g} s, and between attempts readers pass freely. {outcome} The new retries
+give up only after {shortest:.0f}-{longest:.0f} s in all; a holder past that fails the
+refresh with a lock-timeout error that names it. `CONCURRENTLY` is not measured here: it asks
+for EXCLUSIVE, which no `SELECT` waits for.
+"""  # noqa: S608 (Markdown, not SQL)
 
 
 def _section_a(overhead: OverheadResult) -> str:
@@ -816,6 +921,8 @@ def render_markdown(info: RunInfo, results: Results) -> str:
         sections.append(_section_e(r.fingerprint))
     if r.lag is not None:
         sections.append(_section_f(r.lag))
+    if r.reader_wait is not None:
+        sections.append(_section_g(r.reader_wait, info))
     body = "\n".join(sections)
     return f"""# Benchmarks
 
@@ -852,4 +959,9 @@ def render_console(results: Results) -> str:
         parts += ["E. fingerprint query time", fingerprint_table(r.fingerprint, "simple")]
     if r.lag is not None:
         parts += ["F. quiet hour and commit-to-visible lag", *lag_tables(r.lag, "simple")]
+    if r.reader_wait is not None:
+        parts += [
+            "G. reader wait behind a blocking refresh",
+            reader_wait_table(r.reader_wait, "simple"),
+        ]
     return "\n\n".join(parts).replace("`", "").replace("**", "")

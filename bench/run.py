@@ -3,7 +3,7 @@
 One throw-away PostgreSQL server (:class:`~mv_orchestration.demo.embedded.TemporaryServer`)
 serves every benchmark, each in its own database; see :mod:`bench.overhead` (A),
 :mod:`bench.discovery` (B), :mod:`bench.history_cost` (C), :mod:`bench.writer` (D),
-:mod:`bench.fingerprint` (E) and :mod:`bench.lag` (F).
+:mod:`bench.fingerprint` (E), :mod:`bench.lag` (F) and :mod:`bench.reader_wait` (G).
 """
 
 from __future__ import annotations
@@ -25,12 +25,13 @@ from bench.history_cost import SYSTEMS as HISTORY_SYSTEMS
 from bench.history_cost import HistoryResult, run_history_cost
 from bench.lag import LagResult, run_lag
 from bench.overhead import OverheadResult, run_overhead
+from bench.reader_wait import HOLDS_S, QUICK_HOLDS_S, ReaderWaitResult, run_reader_wait
 from bench.report import Results, RunInfo, machine_facts, render_console, render_markdown
 from bench.writer import WriterResult, run_writer
 from mv_orchestration.demo.embedded import TemporaryServer, create_database
 
 DEFAULT_OUTPUT = Path("docs/benchmarks.md")
-SECTIONS = "ABCDEF"
+SECTIONS = "ABCDEFG"
 LLM_TEMPLATE = "bench_llm_template"
 
 
@@ -67,7 +68,7 @@ def _command(quick: bool, output: Path, only: str) -> str:
     help="Run only these benchmarks (letters), e.g. CF; needs --output other than the default.",
 )
 def main(quick: bool, output: Path, only: str) -> None:
-    """Measure the benchmarks A-F; write the results as Markdown."""
+    """Measure the benchmarks A-G; write the results as Markdown."""
     only = "".join(sorted(set(only.upper())))
     if not only or any(c not in SECTIONS for c in only):
         raise click.BadParameter(f"letters among {SECTIONS}", param_hint="--only")
@@ -87,6 +88,7 @@ def main(quick: bool, output: Path, only: str) -> None:
     writer: WriterResult | None = None
     fingerprint: FingerprintResult | None = None
     lag: LagResult | None = None
+    reader_wait: ReaderWaitResult | None = None
     _log("starting a temporary PostgreSQL server ...")
     with TemporaryServer() as server:
         if "A" in only:
@@ -142,6 +144,13 @@ def main(quick: bool, output: Path, only: str) -> None:
             _log("F. quiet hour and commit-to-visible lag (simulated hours, real queries)")
             clone_database(server, "bench_lag", LLM_TEMPLATE)
             lag = run_lag(server.url_for("bench_lag"), scale=scale, log=_log)
+        if "G" in only:
+            holds = QUICK_HOLDS_S if quick else HOLDS_S
+            _log(f"G. reader wait behind a blocking refresh (holders of {holds} s)")
+            create_database(server.url, "bench_reader_wait")
+            reader_wait = run_reader_wait(
+                server.url_for("bench_reader_wait"), holds_s=holds, log=_log
+            )
         with psycopg.connect(server.url) as conn:
             storage = overhead.instance_storage if overhead else None
             facts = machine_facts(conn, storage)
@@ -161,6 +170,7 @@ def main(quick: bool, output: Path, only: str) -> None:
         writer=writer,
         fingerprint=fingerprint,
         lag=lag,
+        reader_wait=reader_wait,
     )
     click.echo(render_console(results))
     output.parent.mkdir(parents=True, exist_ok=True)

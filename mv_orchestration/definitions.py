@@ -73,6 +73,7 @@ def build_from_settings(
     resource = PostgresResource(
         dsn=dg.EnvVar("DATABASE_URL"),
         lock_timeout_s=settings.lock_timeout_s,
+        lock_retries=settings.lock_retries,
         statement_timeout_s=settings.statement_timeout_s,
         transient_retries=settings.retries,
         transient_retry_delay_s=settings.retry_delay_s,

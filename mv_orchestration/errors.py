@@ -32,7 +32,8 @@ class RefreshError(MvoError):
     """A ``REFRESH MATERIALIZED VIEW`` failed on the server.
 
     Carries the server's SQLSTATE and message, the view, and for lock timeouts the PIDs that
-    held the lock, so the Dagster UI and the CLI can show them.
+    held the lock, so the Dagster UI and the CLI can show them. ``attempts`` counts every
+    attempt of the refresh that ended in this error (lock-timeout retries included).
     """
 
     def __init__(
@@ -45,6 +46,7 @@ class RefreshError(MvoError):
         duration_s: float | None = None,
         blocking_pids: tuple[int, ...] = (),
         lock_holders: tuple[str, ...] = (),
+        attempts: int = 1,
     ) -> None:
         self.view = view
         self.message = message
@@ -53,6 +55,7 @@ class RefreshError(MvoError):
         self.duration_s = duration_s
         self.blocking_pids = blocking_pids
         self.lock_holders = lock_holders
+        self.attempts = attempts
         # total seconds spent waiting for locks, when measured (see core/locks.py)
         self.lock_wait_s: float | None = None
         code = f" [SQLSTATE {sqlstate}]" if sqlstate else ""
@@ -60,7 +63,12 @@ class RefreshError(MvoError):
 
 
 class LockTimeoutError(RefreshError):
-    """The refresh gave up waiting for a lock (``lock_timeout``, SQLSTATE 55P03)."""
+    """The refresh gave up waiting for a lock (``lock_timeout``, SQLSTATE 55P03).
+
+    Its message names the attempt ("attempt 15 of 15") and the sessions that held the lock
+    (``lock_holders``: pid, user, application, state, lock modes, how long their transaction
+    has been open, query).
+    """
 
 
 class StatementTimeoutError(RefreshError):

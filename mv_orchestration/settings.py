@@ -26,6 +26,7 @@ def _csv(name: str) -> tuple[str, ...] | None:
 MAX_TIMEOUT_S = 2_147_483.0
 MAX_RETRIES = 10  # the delay doubles per retry: 10 retries of 30 s wait 8.5 h in all
 MAX_RETRY_DELAY_S = 86_400.0
+MAX_LOCK_RETRIES = 100  # each waits at most 4 s: about 7 minutes in all
 MAX_RETENTION_DAYS = 36_500.0
 MAX_IDENTIFIER_BYTES = 63  # PostgreSQL cuts longer names short (NAMEDATALEN - 1)
 
@@ -149,6 +150,7 @@ class Settings:
     exclude_schemas: tuple[str, ...]
     state_dir: Path
     lock_timeout_s: float
+    lock_retries: int
     statement_timeout_s: float
     retries: int
     retry_delay_s: float
@@ -167,7 +169,8 @@ class Settings:
             schemas=_csv("MVO_SCHEMAS"),
             exclude_schemas=_csv("MVO_EXCLUDE_SCHEMAS") or (),
             state_dir=Path(os.environ.get("MVO_STATE_DIR", ".mvo")).resolve(),
-            lock_timeout_s=_float("MVO_LOCK_TIMEOUT_S", 10.0, maximum=MAX_TIMEOUT_S),
+            lock_timeout_s=_float("MVO_LOCK_TIMEOUT_S", 0.5, maximum=MAX_TIMEOUT_S),
+            lock_retries=_count("MVO_LOCK_RETRIES", 14, maximum=MAX_LOCK_RETRIES),
             statement_timeout_s=_float("MVO_STATEMENT_TIMEOUT_S", 1800.0, maximum=MAX_TIMEOUT_S),
             retries=_count("MVO_RETRIES", 2, maximum=MAX_RETRIES),
             retry_delay_s=_float("MVO_RETRY_DELAY_S", 30.0, maximum=MAX_RETRY_DELAY_S),

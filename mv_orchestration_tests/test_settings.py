@@ -124,6 +124,7 @@ def test_policy_file_alerts_alone_create_the_alert_sensors(
          "https:// URL with a host (e.g. http://dagster.internal:3000)"),
         ("DATABASE_URL", "postgresql//u:s3cretpw@h/db", "DATABASE_URL is not a valid PostgreSQL "
          "URL: missing '://' after the scheme; expected postgresql://user@host:5432/db"),
+        ("MVO_LOCK_RETRIES", "many", "MVO_LOCK_RETRIES='many': expected a whole number from 0 to 100"),
         ("MVO_POLICIES", "/nonexistent.yaml", "MVO_POLICIES='/nonexistent.yaml': no such file"),
         (
             "MVO_ALERT_URLS",

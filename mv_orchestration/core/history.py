@@ -310,13 +310,14 @@ def record_failure(
     started_at: datetime,
     finished_at: datetime,
     run_id: str | None,
-    attempts: int = 1,
+    attempts: int | None = None,
 ) -> None:
     """Append one ``failure`` row.
 
-    A :class:`RefreshError` gives SQLSTATE, the server's message, the method and the
-    duration of the failed attempt; any other exception gives its SQLSTATE if it is a
-    psycopg error, and its text. Without a measured duration, ``finished_at - started_at``.
+    A :class:`RefreshError` gives SQLSTATE, the server's message, the method, the duration
+    of the failed attempt and the number of attempts (unless ``attempts`` is given); any
+    other exception gives its SQLSTATE if it is a psycopg error, and its text (1 attempt).
+    Without a measured duration, ``finished_at - started_at``.
     """
     method: str | None = None
     duration_s: float | None = None
@@ -324,6 +325,7 @@ def record_failure(
     if isinstance(error, RefreshError):
         sqlstate, message = error.sqlstate, error.message
         method, duration_s, lock_wait_s = error.method, error.duration_s, error.lock_wait_s
+        attempts = error.attempts if attempts is None else attempts
     elif isinstance(error, psycopg.Error):
         sqlstate = error.sqlstate
         primary = error.diag.message_primary if error.diag else None
@@ -352,7 +354,7 @@ def record_failure(
             "status": "failure",
             "sqlstate": sqlstate,
             "error_message": message,
-            "attempts": attempts,
+            "attempts": 1 if attempts is None else attempts,
         },
     )
 

@@ -5,10 +5,14 @@ Safety rules (see docs/architecture.md):
 * the method is decided at refresh time from the live catalog: a plain first refresh for an
   unpopulated MV, ``CONCURRENTLY`` when a plain-column unique index allows it, plain otherwise;
 * a transaction-scoped advisory lock makes two refreshes of one MV never overlap;
-* ``lock_timeout`` bounds how long we queue for the MV's lock — a waiting ``REFRESH`` would
-  block every later reader queued behind it — and ``statement_timeout`` bounds the refresh;
-* on a lock timeout the holders are read from ``pg_locks``/``pg_stat_activity`` and reported,
-  and the attempt is retried with backoff;
+* ``lock_timeout`` bounds how long we queue for a lock: short (0.5 s) for a plain refresh,
+  whose waiting ``ACCESS EXCLUSIVE`` request queues every later reader of the MV behind it, so
+  no reader waits longer than that; longer (10 s) for ``CONCURRENTLY``, whose ``EXCLUSIVE``
+  lock readers (``ACCESS SHARE``) never wait for. ``statement_timeout`` bounds the refresh;
+* on a lock timeout the holders are read from ``pg_locks``/``pg_stat_activity`` and named in
+  the error (pid, user, application, query, how long their transaction has been open), and
+  the attempt is retried after a capped exponential backoff with jitter
+  (:func:`retry_delay`), many times (14 by default: at least 31 s, at most 55 s in all);
 * a ``record`` of the result (the history row) commits in the refresh's own transaction,
   riding on its last statement; under a savepoint, so a failing record never undoes a
   refresh.
@@ -16,6 +20,7 @@ Safety rules (see docs/architecture.md):
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
@@ -49,10 +54,17 @@ MethodPreference = Literal["auto", "blocking"]
 class RefreshOptions:
     """How a refresh behaves. Defaults suit interactive dashboards."""
 
-    lock_timeout_s: float = 10.0
+    # How long one attempt queues for a lock: plain (and first) refreshes, whose waiting
+    # request makes every new reader of the MV wait too, and CONCURRENTLY, which readers
+    # never wait for (see docs/architecture.md, Refresh).
+    lock_timeout_s: float = 0.5
+    concurrent_lock_timeout_s: float = 10.0
     statement_timeout_s: float = 1800.0
-    lock_retries: int = 2
-    retry_backoff_s: float = 2.0
+    # Attempts after a lock timeout, each after retry_delay(retry, retry_backoff_s,
+    # retry_backoff_max_s): with these defaults 15 attempts spread over 31-55 s.
+    lock_retries: int = 14
+    retry_backoff_s: float = 0.5
+    retry_backoff_max_s: float = 4.0
     # "blocking" forces a plain refresh even where CONCURRENTLY is allowed (faster, but
     # readers wait).
     method: MethodPreference = "auto"
@@ -112,13 +124,23 @@ _XACT_SQL = (
     b" pg_stat_get_xact_tuples_deleted(%(mvo_oid)s::oid)"
 )
 
+# The sessions holding a lock on the MV that a lock request of ours conflicts with and that
+# have held it for the whole of our wait: a transaction that began after our request queued
+# behind it (a relation lock lasts until the transaction ends), so it cannot be a cause.
+# CONCURRENTLY (EXCLUSIVE) conflicts with every mode but ACCESS SHARE; a plain refresh
+# (ACCESS EXCLUSIVE) with every mode.
 _HOLDERS_SQL = """
-SELECT DISTINCT a.pid, a.usename, a.application_name, a.state,
+SELECT a.pid, coalesce(a.usename, a.backend_type) AS usename, a.application_name, a.state,
+       string_agg(DISTINCT l.mode, ', ' ORDER BY l.mode) AS modes,
        left(regexp_replace(a.query, '\\s+', ' ', 'g'), 200) AS query,
-       a.xact_start
+       extract(epoch FROM now() - a.xact_start)::float8 AS held_s
 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-WHERE l.locktype = 'relation' AND l.relation = %s AND l.granted AND l.pid <> pg_backend_pid()
-ORDER BY a.pid
+WHERE l.locktype = 'relation' AND l.relation = %(oid)s AND l.granted
+  AND l.pid <> pg_backend_pid()
+  AND NOT (%(concurrently)s AND l.mode = 'AccessShareLock')
+  AND (a.xact_start IS NULL OR a.xact_start <= now() - make_interval(secs => %(waited_s)s))
+GROUP BY a.pid, a.usename, a.backend_type, a.application_name, a.state, a.query, a.xact_start
+ORDER BY a.xact_start NULLS LAST, a.pid
 """
 
 
@@ -140,19 +162,71 @@ def _ms(seconds: float) -> str:
     return f"{max(1, round(seconds * 1000))}ms"
 
 
+def lock_timeout_for(opts: RefreshOptions, method: Method | None) -> float:
+    """The ``lock_timeout`` of one attempt with ``method`` (None: not chosen yet)."""
+    return opts.concurrent_lock_timeout_s if method == "concurrently" else opts.lock_timeout_s
+
+
+def retry_delay(retry: int, base_s: float, cap_s: float, rng: random.Random) -> float:
+    """Seconds to wait before lock retry number ``retry`` (1 for the first).
+
+    Exponential and capped: the ceiling is ``min(cap_s, base_s * 2 ** (retry - 1))``, and the
+    delay is drawn uniformly from its upper half, ``[ceiling / 2, ceiling]`` ("equal
+    jitter"). The jitter keeps refreshes that timed out together from retrying in step; the
+    fixed half gives the retries a guaranteed span (full jitter could draw ~0 every time), so
+    the default 14 retries keep trying for at least 31 s.
+    """
+    if retry < 1:
+        raise ValueError("retry counts from 1")
+    ceiling = min(cap_s, base_s * 2.0 ** min(retry - 1, 64))
+    return ceiling / 2 + rng.uniform(0.0, ceiling / 2)
+
+
+def lock_retry_span(opts: RefreshOptions) -> tuple[float, float]:
+    """Shortest and longest time from a plain refresh's first lock request to the end of its
+    last attempt, when every attempt times out (each lasts its lock_timeout, the delays lie
+    between their bounds)."""
+    ceilings = [
+        min(opts.retry_backoff_max_s, opts.retry_backoff_s * 2.0 ** min(n - 1, 64))
+        for n in range(1, opts.lock_retries + 1)
+    ]
+    attempts_s = (opts.lock_retries + 1) * opts.lock_timeout_s
+    return attempts_s + sum(ceilings) / 2, attempts_s + sum(ceilings)
+
+
 def _lock_holders(
-    conn: psycopg.Connection[Any], oid: int
+    conn: psycopg.Connection[Any], oid: int, method: Method | None, waited_s: float
 ) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """PIDs and one-line descriptions of the sessions that held our lock for ``waited_s``."""
+    params = {"oid": oid, "concurrently": method == "concurrently", "waited_s": waited_s}
     with conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(_HOLDERS_SQL, [oid]).fetchall()
-    pids = tuple(int(r["pid"]) for r in rows)
-    described = tuple(
-        f"pid {r['pid']} ({r['usename']}"
-        + (f", {r['application_name']}" if r["application_name"] else "")
-        + f", {r['state']}): {r['query']}"
-        for r in rows
-    )
-    return pids, described
+        rows = cur.execute(_HOLDERS_SQL, params).fetchall()
+    return tuple(int(r["pid"]) for r in rows), tuple(_holder(r) for r in rows)
+
+
+def _holder(r: Mapping[str, Any]) -> str:
+    parts = [f"user {r['usename']}"]
+    if r["application_name"]:
+        parts.append(f"application {r['application_name']!r}")
+    if r["state"]:
+        parts.append(str(r["state"]))
+    parts.append(f"holds {r['modes']}")
+    if r["held_s"] is not None:
+        parts.append(f"transaction open {float(r['held_s']):.1f} s")
+    return f"pid {r['pid']} ({', '.join(parts)}): {r['query'] or '(no query)'}"
+
+
+def _lock_message(
+    exc: psycopg.Error, holders: tuple[str, ...], attempt: int, opts: RefreshOptions
+) -> str:
+    """The server's message, which attempt this was, and who held the lock."""
+    text = f"{_message(exc)} (attempt {attempt} of {opts.lock_retries + 1})"
+    if not holders:
+        return (
+            f"{text}; no session holds a conflicting lock on the view any more (the holder "
+            "has ended, or the wait was for a lock on another relation, e.g. a source table)"
+        )
+    return f"{text}; lock held by {'; '.join(holders)}"
 
 
 def refresh_view(
@@ -164,10 +238,14 @@ def refresh_view(
     on_retry: Callable[[RefreshError, int, float], None] | None = None,
     lock_monitor: LockWaitMonitor | None = None,
     record: Record | None = None,
+    rng: random.Random | None = None,
 ) -> RefreshResult:
     """Refresh ``schema.name`` on ``conn`` (autocommit, idle); raise :class:`RefreshError`.
 
-    ``on_retry(error, attempt, delay_s)`` is told before each retry after a lock timeout.
+    ``on_retry(error, attempt, delay_s)`` is told before each retry after a lock timeout;
+    the delay is :func:`retry_delay`'s, drawn from ``rng`` (default: a fresh
+    ``random.Random()``). The result's (or the error's) ``attempts`` counts every attempt
+    made, the last one included.
     Lock waits are measured by ``lock_monitor`` (watching ``conn``'s backend), or with
     ``options.measure_lock_wait`` by a monitor opened for this call; the result's (or the
     error's) ``lock_wait_s`` is the total over every attempt.
@@ -193,6 +271,7 @@ def refresh_view(
             sibling_connect(conn, "mvo lock monitor"), conn.info.backend_pid
         )
     waited: float | None = 0.0 if monitor is not None else None
+    jitter = rng or random.Random()
     attempt = 1
     try:
         while True:
@@ -203,9 +282,10 @@ def refresh_view(
             except RefreshError as exc:
                 waited = _plus(waited, wait.seconds)
                 exc.lock_wait_s = waited
+                exc.attempts = attempt
                 if not isinstance(exc, LockTimeoutError) or attempt > opts.lock_retries:
                     raise
-                delay = opts.retry_backoff_s * (2 ** (attempt - 1))
+                delay = retry_delay(attempt, opts.retry_backoff_s, opts.retry_backoff_max_s, jitter)
                 if on_retry is not None:
                     on_retry(exc, attempt, delay)
                 time.sleep(delay)
@@ -213,6 +293,14 @@ def refresh_view(
     finally:
         if own_monitor is not None:
             own_monitor.close()
+
+
+def _set_lock_timeout(cur: psycopg.Cursor[Any], opts: RefreshOptions, method: Method) -> None:
+    """Switch to ``method``'s lock timeout if it is not the one the attempt began with."""
+    seconds = lock_timeout_for(opts, method)
+    if seconds != opts.lock_timeout_s:
+        # SET LOCAL takes no parameters; the value is a formatted number.
+        cur.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(_ms(seconds))))
 
 
 def _plus(total: float | None, seconds: float | None) -> float | None:
@@ -249,6 +337,7 @@ def _refresh_once(
                     raise UnknownViewError(f"materialized view {view} does not exist")
                 oid, populated, has_unique = int(state[0]), bool(state[1]), bool(state[2])
                 method = choose_method(populated, has_unique, opts.method)
+                _set_lock_timeout(cur, opts, method)
 
                 got = cur.execute(
                     "SELECT pg_try_advisory_xact_lock(%s)", [advisory_key(schema, name)]
@@ -314,15 +403,17 @@ def _refresh_once(
     except RefreshError:
         raise
     except pg_errors.LockNotAvailable as exc:
-        pids, holders = _lock_holders(conn, oid) if oid is not None else ((), ())
+        waited_s = lock_timeout_for(opts, method)
+        pids, holders = _lock_holders(conn, oid, method, waited_s) if oid is not None else ((), ())
         raise LockTimeoutError(
             view,
-            _message(exc),
+            _lock_message(exc, holders, attempt, opts),
             sqlstate=exc.sqlstate,
             method=method,
             duration_s=time.perf_counter() - t0,
             blocking_pids=pids,
             lock_holders=holders,
+            attempts=attempt,
         ) from exc
     except pg_errors.QueryCanceled as exc:
         raise StatementTimeoutError(

@@ -25,10 +25,25 @@ class PostgresResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     application_name: str = Field(default="mv_orchestration")
     pool_max_size: int = Field(default=4, ge=1)
     connect_timeout_s: int = Field(default=10, ge=1)
-    lock_timeout_s: float = Field(default=10.0, gt=0)
+    lock_timeout_s: float = Field(
+        default=0.5,
+        gt=0,
+        description="lock wait of a plain or first refresh, which every new reader of the MV "
+        "waits behind",
+    )
+    concurrent_lock_timeout_s: float = Field(
+        default=10.0, gt=0, description="lock wait of a CONCURRENTLY refresh (readers do not wait)"
+    )
     statement_timeout_s: float = Field(default=1800.0, gt=0)
-    lock_retries: int = Field(default=2, ge=0)
-    retry_backoff_s: float = Field(default=2.0, ge=0)
+    lock_retries: int = Field(default=14, ge=0, description="attempts after a lock timeout")
+    retry_backoff_s: float = Field(
+        default=0.5, ge=0, description="ceiling of the first lock retry's delay; doubles"
+    )
+    retry_backoff_max_s: float = Field(
+        default=4.0,
+        ge=0,
+        description="cap of the lock retry delay's ceiling (jitter: its upper half)",
+    )
     method: MethodPreference = Field(
         default="auto", description="'auto' uses CONCURRENTLY when allowed; 'blocking' never does"
     )
@@ -49,9 +64,11 @@ class PostgresResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     def refresh_options(self) -> RefreshOptions:
         return RefreshOptions(
             lock_timeout_s=self.lock_timeout_s,
+            concurrent_lock_timeout_s=self.concurrent_lock_timeout_s,
             statement_timeout_s=self.statement_timeout_s,
             lock_retries=self.lock_retries,
             retry_backoff_s=self.retry_backoff_s,
+            retry_backoff_max_s=self.retry_backoff_max_s,
             method=self.method,
             count_rows=self.count_rows,
         )

@@ -63,7 +63,10 @@ def test_measures_a_wait_behind_a_reader(views: psycopg.Connection[Any]) -> None
         try:
             results.append(
                 refresh_view(
-                    views, "public", "mv_plain", RefreshOptions(method="blocking", lock_retries=0)
+                    views,
+                    "public",
+                    "mv_plain",
+                    RefreshOptions(method="blocking", lock_timeout_s=30, lock_retries=0),
                 )
             )
         except BaseException as exc:  # surfaced below

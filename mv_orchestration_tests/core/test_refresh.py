@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import replace
 from typing import Any
 
 import psycopg
 import pytest
 
-from mv_orchestration.core.refresh import RefreshOptions, choose_method, refresh_view
+from mv_orchestration.core.refresh import (
+    RefreshOptions,
+    choose_method,
+    refresh_view,
+    retry_delay,
+)
 from mv_orchestration.errors import (
     LockTimeoutError,
     RefreshError,
@@ -147,13 +153,17 @@ def test_lock_timeout_reports_holder_and_retries(sales: psycopg.Connection[Any])
                         lock_timeout_s=0.1, lock_retries=2, retry_backoff_s=0.01, method="blocking"
                     ),
                     on_retry=lambda e, n, d: retries.append((n, d)),
+                    rng=random.Random(7),
                 )
             err = info.value
             assert err.sqlstate == "55P03"
             assert err.blocking_pids == (other.info.backend_pid,)
             assert any("long_report" in h for h in err.lock_holders)
             assert "lock timeout" in err.message
-    assert retries == [(1, 0.01), (2, 0.02)]
+            assert err.attempts == 3 and "(attempt 3 of 3)" in err.message
+    # the delays are retry_delay's, drawn from the generator given
+    rng = random.Random(7)
+    assert retries == [(n, retry_delay(n, 0.01, 4.0, rng)) for n in (1, 2)]
     # the lock is gone: the same refresh now succeeds
     assert refresh_view(sales, "public", "mv_by_region", FAST).rows_after == 2
 
