@@ -745,7 +745,7 @@ def _rebuild_failure_cursor(context: dg.SensorEvaluationContext, problem: str) -
         how = f"since {_utc(since)}, {lookback} before the last tick"
     context.log.warning(
         f"unreadable refresh failure alert cursor ({problem}); rebuilt from the event log: "
-        f"alerting the failed runs {how} (one may be alerted twice, none is lost)"
+        f"alerting the failed runs {how} again (some may be alerted twice)"
     )
     return _FailureCursor(after=after, pending=(), delivered_through=after)
 
