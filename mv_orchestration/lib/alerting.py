@@ -7,6 +7,11 @@ states it last notified about, kept in its own cursor, so each incident alerts o
 recovery), nothing repeats per tick, and a daemon restart loses nothing: the cursor advances only
 after a notification was delivered, so a failed delivery is retried on the next tick.
 
+Both sensors survive an unreadable cursor (hand-edited in the UI, truncated, from another
+version): the tick logs one warning, rebuilds its state from the instance's event log, writes the
+rebuilt cursor back and carries on; it never raises. See :func:`build_freshness_alert_sensor`
+and :func:`build_refresh_failure_sensor` for what each rebuild trusts.
+
 Destinations are apprise URLs (``slack://…``, ``msteams://…``, ``mailto://…``,
 ``pagerduty://…``, ``json://host/path`` …). They hold secrets and are never logged: not by
 this module, and not by apprise while a URL is validated (it would quote the URL).
@@ -16,16 +21,18 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
 import apprise
 import dagster as dg
 from dagster._time import get_current_timestamp
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +47,9 @@ _NOTIFY_TYPE: dict[Severity, Any] = {
 }
 _CURSOR_VERSION = 1
 _STALE = ("WARN", "FAIL")
+# A state change stamped this close before a tick may not have been committed when that tick
+# read the states (another process, maybe another host's clock): a rebuild treats it as unseen.
+_CLOCK_MARGIN_S = 5.0
 
 
 # --- destinations ---------------------------------------------------------------------------
@@ -333,11 +343,60 @@ def default_label(key: dg.AssetKey) -> str:
     return ".".join(key.path)
 
 
+# --- cursors ---------------------------------------------------------------------------------
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def _parse_cursor(model: type[_Model], text: str) -> _Model | str:
+    """``text`` validated as ``model``, or why not in a few words (never the text itself)."""
+    try:
+        return model.model_validate_json(text)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False, include_input=False)[0]
+        if error["type"] == "json_invalid":
+            return "not JSON"
+        if error["loc"] == ("version",):
+            return f"not version {_CURSOR_VERSION}"
+        where = ".".join(str(part) for part in error["loc"]) or "top level"
+        return f"wrong shape at {where}: {error['msg']}"
+
+
+def _salvage(text: str, field: str, number: str) -> str | None:
+    """The value of ``"field": <number>`` where it survives in a broken cursor, else None.
+
+    Only a complete value counts (followed by ``,`` or ``}``), so a cursor cut in the middle of
+    the number yields nothing rather than a wrong number. Both cursors write the field that a
+    rebuild needs right after the version, so a truncated cursor keeps it.
+    """
+    found = re.search(rf'"{re.escape(field)}"\s*:\s*({number})\s*[,}}]', text)
+    return found.group(1) if found else None
+
+
 # --- freshness sensor -----------------------------------------------------------------------
 @dataclass(frozen=True)
 class _Notified:
     state: str
     stale_since: float | None  # when the current incident (WARN/FAIL) began
+
+
+@dataclass(frozen=True)
+class _FreshnessCursor:
+    seen: dict[str, _Notified]  # asset key string -> the state last notified
+    # every state change recorded before this time has been notified (None: not known)
+    delivered_through: float | None
+
+
+class _NotifiedJson(BaseModel):
+    model_config = ConfigDict(strict=True)
+    state: str
+    stale_since: float | None = None
+
+
+class _FreshnessCursorJson(BaseModel):
+    model_config = ConfigDict(strict=True)
+    version: Literal[1]
+    delivered_through: float | None = None
+    assets: dict[str, _NotifiedJson]
 
 
 def transition(old_state: str | None, new_state: str) -> Transition | None:
@@ -353,25 +412,119 @@ def transition(old_state: str | None, new_state: str) -> Transition | None:
     return None
 
 
-def _load_cursor(cursor: str | None) -> dict[str, _Notified]:
-    if not cursor:
-        return {}
-    try:
-        data = json.loads(cursor)
-        if data.get("version") != _CURSOR_VERSION:
-            return {}
-        return {
-            k: _Notified(state=str(v["state"]), stale_since=v.get("stale_since"))
-            for k, v in data["assets"].items()
+def _load_cursor(cursor: str) -> _FreshnessCursor | str:
+    """The cursor, or why it is unreadable."""
+    parsed = _parse_cursor(_FreshnessCursorJson, cursor)
+    if isinstance(parsed, str):
+        return parsed
+    seen = {k: _Notified(v.state, v.stale_since) for k, v in parsed.assets.items()}
+    return _FreshnessCursor(seen, parsed.delivered_through)
+
+
+def _dump_cursor(cursor: _FreshnessCursor) -> str:
+    assets = {
+        k: {"state": v.state, "stale_since": v.stale_since} for k, v in sorted(cursor.seen.items())
+    }
+    # not sort_keys: delivered_through goes before the assets, so a truncated cursor keeps it
+    return json.dumps(
+        {
+            "version": _CURSOR_VERSION,
+            "delivered_through": cursor.delivered_through,
+            "assets": assets,
         }
-    except (ValueError, KeyError, TypeError, AttributeError):
-        log.warning("ignoring unreadable freshness alert cursor")
-        return {}
+    )
 
 
-def _dump_cursor(seen: Mapping[str, _Notified]) -> str:
-    assets = {k: {"state": v.state, "stale_since": v.stale_since} for k, v in sorted(seen.items())}
-    return json.dumps({"version": _CURSOR_VERSION, "assets": assets}, sort_keys=True)
+def _state_changes_before(
+    instance: dg.DagsterInstance, key: dg.AssetKey, before: float, limit: int
+) -> list[tuple[str, float]]:
+    """The asset's latest ``limit`` freshness state changes recorded before ``before``, newest
+    first, as (new state, when)."""
+    # get_event_records is deprecated for the event types that have a fetch_* method of their
+    # own; freshness state changes have none
+    records = instance.get_event_records(
+        dg.EventRecordsFilter(
+            event_type=dg.DagsterEventType.FRESHNESS_STATE_CHANGE,
+            asset_key=key,
+            before_timestamp=before,
+        ),
+        limit=limit,
+    )
+    changes: list[tuple[str, float]] = []
+    for record in records:
+        event = record.event_log_entry.dagster_event
+        data = event.event_specific_data if event is not None else None
+        new_state = getattr(data, "new_state", None)
+        when = getattr(data, "state_change_timestamp", None)
+        if new_state is not None and isinstance(when, int | float):
+            changes.append((str(getattr(new_state, "value", new_state)), float(when)))
+    return changes
+
+
+def _notified_as_of(
+    instance: dg.DagsterInstance, key: dg.AssetKey, when: float
+) -> _Notified | None:
+    """What the sensor had notified about ``key`` if it had delivered everything up to
+    ``when``: the state then, and when its incident began (a FAIL's incident began with the
+    WARN before it)."""
+    changes = _state_changes_before(instance, key, when, limit=2)
+    if not changes:
+        return None
+    state, since = changes[0]
+    if state not in _STALE:
+        return _Notified(state, None)
+    if len(changes) > 1 and changes[1][0] in _STALE:
+        since = changes[1][1]
+    return _Notified(state, since)
+
+
+def _rebuild_cursor(
+    context: dg.SensorEvaluationContext, keys: Sequence[dg.AssetKey], problem: str
+) -> _FreshnessCursor:
+    """The notified states as of the last moment everything is known to have been delivered.
+
+    That moment is the cursor's own ``delivered_through`` where it survives (a truncated
+    cursor, one of another version), else the start of the sensor's last tick: a state that
+    tick saw was alerted then, unless its delivery failed, which only the lost cursor knew.
+    """
+    salvaged = _salvage(
+        context.cursor or "", "delivered_through", r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?"
+    )
+    last_tick = context.last_tick_completion_time
+    now = get_current_timestamp()
+    if salvaged is not None:
+        as_of = min(float(salvaged), now if last_tick is None else last_tick)
+        source = "the last tick that delivered every alert"
+    elif last_tick is not None:
+        as_of, source = last_tick, "the last tick"
+    else:
+        context.log.warning(
+            f"unreadable freshness alert cursor ({problem}) and no earlier tick: "
+            "starting afresh, every stale view alerts once more"
+        )
+        return _FreshnessCursor({}, None)
+    as_of -= _CLOCK_MARGIN_S
+    seen = {
+        key.to_string(): notified
+        for key in keys
+        if (notified := _notified_as_of(context.instance, key, as_of)) is not None
+    }
+    context.log.warning(
+        f"unreadable freshness alert cursor ({problem}); rebuilt from the event log: states "
+        f"recorded before {_utc(as_of)} ({source}) count as notified, later changes alert"
+    )
+    return _FreshnessCursor(seen, as_of)
+
+
+def _read_cursor(
+    context: dg.SensorEvaluationContext, keys: Sequence[dg.AssetKey]
+) -> _FreshnessCursor:
+    if not context.cursor:
+        return _FreshnessCursor({}, None)  # the first tick: every stale view alerts once
+    loaded = _load_cursor(context.cursor)
+    if isinstance(loaded, str):
+        return _rebuild_cursor(context, keys, loaded)
+    return loaded
 
 
 def _last_success(
@@ -406,6 +559,19 @@ def build_freshness_alert_sensor(
     silently. An asset's cursor entry advances only when its notification was delivered.
     Assets whose alerts would reach no destination (no global one, none for their group) are
     not watched.
+
+    The cursor also holds ``delivered_through``: the start of the last tick that left nothing
+    undelivered. An unreadable cursor is rebuilt from the freshness daemon's own record, the
+    ``FRESHNESS_STATE_CHANGE`` events of the event log: each asset's state as of
+    ``delivered_through`` (if that field survives, e.g. in a truncated cursor) or else as of
+    the start of the last tick (``context.last_tick_completion_time``, which Dagster stamps
+    before the evaluation reads anything) counts as notified, and the tick alerts every change
+    since, with the same messages as ever ("WARN → FAIL", "stale for …"). So a view that was
+    stale and alerted before is not alerted again, and a change after the last tick is not
+    missed. The one thing a cursor damaged beyond its ``delivered_through`` takes with it: an
+    alert whose delivery was still failing when it was damaged (it is logged as undelivered on
+    every tick until then). A rebuild logs one warning; the rebuilt cursor is written back on
+    the same tick.
     """
     groups = dict(group_of or {})
     keys = [k for k in dict.fromkeys(asset_keys) if notifier.has_destinations(groups.get(k))]
@@ -419,10 +585,12 @@ def build_freshness_alert_sensor(
         "freshness policy, and when it recovers. One alert per state change.",
     )
     def _freshness_alerts(context: dg.SensorEvaluationContext) -> dg.SkipReason:
-        seen = _load_cursor(context.cursor)
+        # before reading any state: every change recorded before this is seen by this tick
+        started = get_current_timestamp()
+        cursor = _read_cursor(context, keys)
         wanted = {k.to_string(): k for k in keys}
         # forget assets no longer watched, so the cursor stays small
-        seen = {k: v for k, v in seen.items() if k in wanted}
+        seen = {k: v for k, v in cursor.seen.items() if k in wanted}
         records = context.instance.get_freshness_state_records(keys)
 
         pending: list[tuple[str, dg.AssetKey, str | None, str, float]] = []
@@ -470,7 +638,8 @@ def build_freshness_alert_sensor(
                 failed += 1
                 context.log.warning(f"not delivered, will retry next tick: {alert.title}")
 
-        context.update_cursor(_dump_cursor(seen))
+        delivered_through = cursor.delivered_through if failed else started
+        context.update_cursor(_dump_cursor(_FreshnessCursor(seen, delivered_through)))
         return dg.SkipReason(
             f"{len(keys)} assets watched; {sent} alerts sent"
             + (f", {failed} failed (retried next tick)" if failed else "")
@@ -486,32 +655,109 @@ MAX_PENDING_FAILURE_ALERTS = 200
 _FAILURE_FETCH_LIMIT = 100
 
 
+# An unreadable cursor that kept nothing usable: the failures of this long before the last tick
+# are alerted again (duplicates rather than losing one whose delivery was still failing).
+FAILURE_REBUILD_LOOKBACK_S = 3600.0
+
+
 @dataclass(frozen=True)
 class _FailureCursor:
     after: int  # storage id of the last RUN_FAILURE event read
     pending: tuple[str, ...]  # run ids whose alert was not delivered yet, oldest first
+    # every RUN_FAILURE event up to this storage id has been dealt with (None: not known)
+    delivered_through: int | None = None
 
 
-def _load_failure_cursor(cursor: str | None) -> _FailureCursor | None:
-    if not cursor:
-        return None
-    try:
-        data = json.loads(cursor)
-        if data.get("version") != _FAILURE_CURSOR_VERSION:
-            return None
-        return _FailureCursor(
-            after=int(data["after"]), pending=tuple(str(r) for r in data["pending"])
-        )
-    except (ValueError, KeyError, TypeError, AttributeError):
-        log.warning("ignoring unreadable refresh failure alert cursor")
-        return None
+class _FailureCursorJson(BaseModel):
+    model_config = ConfigDict(strict=True)
+    version: Literal[1]
+    delivered_through: int | None = None
+    after: int
+    pending: list[str]
+
+
+def _load_failure_cursor(cursor: str) -> _FailureCursor | str:
+    """The cursor, or why it is unreadable."""
+    parsed = _parse_cursor(_FailureCursorJson, cursor)
+    if isinstance(parsed, str):
+        return parsed
+    return _FailureCursor(parsed.after, tuple(parsed.pending), parsed.delivered_through)
 
 
 def _dump_failure_cursor(cursor: _FailureCursor) -> str:
+    # not sort_keys: delivered_through goes first, so a truncated cursor keeps it
     return json.dumps(
-        {"version": _FAILURE_CURSOR_VERSION, "after": cursor.after, "pending": cursor.pending},
-        sort_keys=True,
+        {
+            "version": _FAILURE_CURSOR_VERSION,
+            "delivered_through": cursor.delivered_through,
+            "after": cursor.after,
+            "pending": cursor.pending,
+        }
     )
+
+
+def _delivered_through(
+    state: _FailureCursor, read: Mapping[str, int], pending: Sequence[str], after: int
+) -> int | None:
+    """The new ``delivered_through``: ``after``, or just before the oldest alert still owed.
+
+    ``read`` maps the run ids read this tick to their event's storage id; an alert still owed
+    from an earlier tick lies before the old ``delivered_through`` (so that one stays).
+    """
+    bounds = [after]
+    if any(run_id not in read for run_id in pending):
+        if state.delivered_through is None:
+            return None
+        bounds.append(state.delivered_through)
+    bounds.extend(read[run_id] - 1 for run_id in pending if run_id in read)
+    return min(bounds)
+
+
+def _latest_failure_id(instance: dg.DagsterInstance) -> int:
+    latest = instance.fetch_run_status_changes(dg.DagsterEventType.RUN_FAILURE, limit=1).records
+    return latest[0].storage_id if latest else -1
+
+
+def _rebuild_failure_cursor(context: dg.SensorEvaluationContext, problem: str) -> _FailureCursor:
+    """Where to read failed runs again from: after the cursor's ``delivered_through`` if it
+    survives (a truncated cursor, one of another version), else from
+    :data:`FAILURE_REBUILD_LOOKBACK_S` before the sensor's last tick."""
+    instance = context.instance
+    latest = _latest_failure_id(instance)
+    salvaged = _salvage(context.cursor or "", "delivered_through", r"-?\d+")
+    if salvaged is not None and -1 <= int(salvaged) <= latest:
+        after = int(salvaged)
+        how = "after the last one known to be alerted"
+    else:
+        last_tick = context.last_tick_completion_time
+        since = (get_current_timestamp() if last_tick is None else last_tick) - (
+            FAILURE_REBUILD_LOOKBACK_S
+        )
+        first = instance.fetch_run_status_changes(
+            dg.RunStatusChangeRecordsFilter(
+                event_type=dg.DagsterEventType.RUN_FAILURE, after_timestamp=since
+            ),
+            limit=1,
+            ascending=True,
+        ).records
+        after = first[0].storage_id - 1 if first else latest
+        lookback = format_duration(FAILURE_REBUILD_LOOKBACK_S)
+        how = f"since {_utc(since)}, {lookback} before the last tick"
+    context.log.warning(
+        f"unreadable refresh failure alert cursor ({problem}); rebuilt from the event log: "
+        f"alerting the failed runs {how} again (some may be alerted twice)"
+    )
+    return _FailureCursor(after=after, pending=(), delivered_through=after)
+
+
+def _read_failure_cursor(context: dg.SensorEvaluationContext) -> _FailureCursor | None:
+    """The cursor; rebuilt when unreadable; None before the first tick."""
+    if not context.cursor:
+        return None
+    loaded = _load_failure_cursor(context.cursor)
+    if isinstance(loaded, str):
+        return _rebuild_failure_cursor(context, loaded)
+    return loaded
 
 
 def _is_ours(
@@ -549,6 +795,15 @@ def build_refresh_failure_sensor(
     (at most :data:`MAX_PENDING_FAILURE_ALERTS` are kept). Dagster's own
     ``run_failure_sensor`` cannot do that: it moves its cursor past a run even when its
     function raises. Started for the first time, it watches from the latest failure on.
+
+    The cursor also holds ``delivered_through``: the storage id up to which every failure was
+    dealt with (just before the oldest alert still owed). An unreadable cursor is rebuilt from
+    the event log's ``RUN_FAILURE`` events, preferring an alert sent twice to one lost: the
+    failures after ``delivered_through`` are alerted again where that field survives (e.g. in a
+    truncated cursor), else those since :data:`FAILURE_REBUILD_LOOKBACK_S` (an hour) before
+    the sensor's last tick (``context.last_tick_completion_time``). A rebuild logs one
+    warning; the rebuilt cursor is written back on the same tick. Canceled runs end with
+    ``RUN_CANCELED``, not ``RUN_FAILURE``, and never alert.
 
     Runs of every job launched from this code location count, and runs executed in process
     without an origin (``mvo refresh``) on any of its assets. The alert goes to the global
@@ -599,13 +854,10 @@ def build_refresh_failure_sensor(
     )
     def _refresh_failures(context: dg.SensorEvaluationContext) -> dg.SkipReason:
         instance = context.instance
-        state = _load_failure_cursor(context.cursor)
+        state = _read_failure_cursor(context)
         if state is None:
-            latest = instance.fetch_run_status_changes(
-                dg.DagsterEventType.RUN_FAILURE, limit=1
-            ).records
-            state = _FailureCursor(after=latest[0].storage_id if latest else -1, pending=())
-            context.update_cursor(_dump_failure_cursor(state))
+            latest = _latest_failure_id(instance)
+            context.update_cursor(_dump_failure_cursor(_FailureCursor(latest, (), latest)))
             return dg.SkipReason("watching for failed runs from now on")
 
         records = instance.fetch_run_status_changes(
@@ -616,9 +868,10 @@ def build_refresh_failure_sensor(
             ascending=True,
         ).records
         after = records[-1].storage_id if records else state.after
-        candidates = list(
-            dict.fromkeys([*state.pending, *(r.event_log_entry.run_id for r in records)])
-        )
+        read: dict[str, int] = {}
+        for r in records:
+            read.setdefault(r.event_log_entry.run_id, r.storage_id)
+        candidates = list(dict.fromkeys([*state.pending, *read]))
         runs = (
             {
                 r.dagster_run.run_id: r.dagster_run
@@ -651,7 +904,10 @@ def build_refresh_failure_sensor(
                 f"dropped {len(dropped)} undelivered failure alerts (oldest first, keeping "
                 f"{MAX_PENDING_FAILURE_ALERTS}): runs {', '.join(dropped)}"
             )
-        context.update_cursor(_dump_failure_cursor(_FailureCursor(after, tuple(pending))))
+        delivered_through = _delivered_through(state, read, pending, after)
+        context.update_cursor(
+            _dump_failure_cursor(_FailureCursor(after, tuple(pending), delivered_through))
+        )
         return dg.SkipReason(
             f"{len(records)} new failed run(s); {sent} alerts sent"
             + (f", {len(pending)} pending (retried next tick)" if pending else "")

@@ -24,6 +24,7 @@ import dagster as dg
 import psycopg
 import pytest
 from dagster._core.definitions.assets.job.asset_job import IMPLICIT_ASSET_JOB_NAME
+from dagster._core.definitions.instigation_logger import get_instigation_log_records
 from dagster._core.remote_origin import InProcessCodeLocationOrigin
 from dagster._core.remote_representation.code_location import InProcessCodeLocation
 from dagster._core.scheduler.instigation import TickStatus
@@ -34,6 +35,7 @@ from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
 from dagster._daemon.freshness import FreshnessDaemon
 from dagster._daemon.sensor import execute_sensor_iteration
+from dagster_graphql.test.utils import execute_dagster_graphql
 
 from mv_orchestration.core.catalog import read_catalog
 from mv_orchestration.definitions import build_from_settings
@@ -241,6 +243,51 @@ class Harness:
         record = self.instance.get_freshness_state_records([key]).get(key)
         assert record is not None
         return str(record.freshness_state.value)
+
+    def _sensor_state(self, name: str) -> Any:
+        repo = next(iter(self._location().get_repositories().values()))
+        sensor = repo.get_sensor(name)
+        return sensor, self.instance.get_instigator_state(
+            sensor.get_remote_origin_id(), sensor.selector_id
+        )
+
+    def cursor(self, name: str) -> str:
+        _, state = self._sensor_state(name)
+        assert state is not None and state.instigator_data is not None
+        return str(state.instigator_data.cursor)
+
+    def set_cursor(self, name: str, cursor: str) -> None:
+        """Set a sensor's cursor as the UI's "Set cursor" does: Dagster's GraphQL mutation."""
+        context = self.ctx.create_request_context()
+        repo_name = next(iter(self._location().get_repositories()))
+        selector = {"repositoryLocationName": LOCATION, "repositoryName": repo_name}
+        result = execute_dagster_graphql(
+            context,
+            SET_SENSOR_CURSOR,
+            {"sensorSelector": {**selector, "sensorName": name}, "cursor": cursor},
+        )
+        assert result.data["setSensorCursor"]["__typename"] == "Sensor", result
+        assert self.cursor(name) == cursor
+
+    def last_tick_warnings(self, name: str) -> list[str]:
+        """The warnings the sensor's latest tick logged (what the UI shows for that tick)."""
+        sensor, _ = self._sensor_state(name)
+        (tick,) = self.instance.get_ticks(
+            sensor.get_remote_origin_id(), sensor.selector_id, limit=1
+        )
+        assert tick.log_key
+        return [
+            str(r["msg"])
+            for r in get_instigation_log_records(self.instance, tick.log_key)
+            if r.get("levelname") == "WARNING"
+        ]
+
+
+SET_SENSOR_CURSOR = """
+mutation SetSensorCursor($sensorSelector: SensorSelector!, $cursor: String) {
+  setSensorCursor(sensorSelector: $sensorSelector, cursor: $cursor) { __typename }
+}
+"""
 
 
 @contextmanager
@@ -513,6 +560,272 @@ def test_lock_timeout_alert_names_the_lock_holder(
     )
     assert "nightly_etl" in holder_line and "REFRESH MATERIALIZED VIEW shop.mv_ratio" in holder_line
     assert "Lock held by:" in alert["message"]
+
+
+# --- unreadable cursors -----------------------------------------------------------------------
+FRESHNESS_SENSOR = "mvo_freshness_alerts"
+FAILURE_SENSOR = "mvo_refresh_failures"
+
+
+def _reshaped(cursor: str, field: str) -> str:
+    """The cursor with ``field`` turned into something of the wrong type."""
+    data = json.loads(cursor)
+    data[field] = [data[field]]
+    return json.dumps(data)
+
+
+def _other_version(cursor: str) -> str:
+    data = json.loads(cursor)
+    data["version"] = 99
+    return json.dumps(data)
+
+
+# How the cursor gets damaged, from the cursor the last tick wrote; and whether the damaged text
+# still holds the cursor's delivered_through (then a pending alert survives too).
+DAMAGE: dict[str, tuple[Any, bool]] = {
+    "not JSON": (lambda c, field: "not a cursor {", False),
+    "JSON of another shape": (lambda c, field: "[1, 2, 3]", False),
+    "a field of the wrong type": (_reshaped, True),
+    "another version": (lambda c, field: _other_version(c), True),
+    "truncated": (lambda c, field: c[:-10], True),
+}
+
+
+def _unreadable_warnings(h: Harness, sensor: str) -> list[str]:
+    return [w for w in h.last_tick_warnings(sensor) if "unreadable" in w]
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_unreadable_freshness_cursor_is_rebuilt_without_realerting(
+    damage: str,
+    db_url: str,
+    shop: psycopg.Connection[Any],
+    instance: dg.DagsterInstance,
+    receiver: Receiver,
+    tmp_path: Path,
+) -> None:
+    t0 = datetime.now(UTC).replace(microsecond=0)
+
+    def at(minutes: float) -> datetime:
+        return t0 + timedelta(minutes=minutes)
+
+    corrupt, keeps_delivered_through = DAMAGE[damage]
+    sales_warn = "[WARN] shop.mv_sales is getting stale"
+    ratio_recovered = "[RECOVERED] shop.mv_ratio is fresh again"
+    with harness(instance, tmp_path, db_url, receiver.url()) as h:
+        with freeze_time(at(0)):
+            h.evaluate_freshness()
+            h.tick_sensors()
+            assert h.materialize([RATIO]).status == DagsterRunStatus.SUCCESS
+        with freeze_time(at(5)):
+            assert h.materialize([SALES]).status == DagsterRunStatus.SUCCESS
+        with freeze_time(at(6)):
+            h.evaluate_freshness()
+            h.tick_sensors()
+        with freeze_time(at(11)):
+            h.evaluate_freshness()
+        with freeze_time(at(11.5)):
+            h.tick_sensors()
+        assert [a["title"] for a in receiver.take()] == ["[WARN] shop.mv_ratio is getting stale"]
+        # shop.mv_sales goes WARN too, and its alert is not delivered: it is pending
+        with freeze_time(at(16)):
+            h.evaluate_freshness()
+            assert h.state(SALES) == "WARN"
+        receiver.fail_next = 1
+        attempts = receiver.attempts
+        with freeze_time(at(16.5)):
+            h.tick_sensors()
+        assert receiver.take() == [] and receiver.attempts == attempts + 1
+
+        # the cursor is damaged; then, after that last tick, shop.mv_ratio is refreshed
+        h.set_cursor(FRESHNESS_SENSOR, corrupt(h.cursor(FRESHNESS_SENSOR), "assets"))
+        with freeze_time(at(17)):
+            assert h.materialize([RATIO]).status == DagsterRunStatus.SUCCESS
+        with freeze_time(at(17.2)):
+            h.evaluate_freshness()
+            assert h.state(RATIO) == "PASS"
+        with freeze_time(at(17.5)):
+            h.tick_sensors()  # asserts that no tick failed
+        delivered = {a["title"]: a["message"] for a in receiver.take()}
+        # shop.mv_ratio's WARN is not alerted again; its recovery after the last tick is, with
+        # the incident's start read back from the event log
+        assert "freshness WARN → PASS" in delivered.pop(ratio_recovered)
+        # (the text of the damaged cursor is never echoed)
+        (warning,) = _unreadable_warnings(h, FRESHNESS_SENSOR)
+        assert "rebuilt from the event log" in warning and "not a cursor" not in warning
+        if keeps_delivered_through:
+            # the pending alert is delivered
+            assert "freshness PASS → WARN" in delivered.pop(sales_warn)
+            assert "the last tick that delivered every alert" in warning
+        else:
+            # nothing to tell a pending alert by: what the last tick saw counts as notified
+            assert "(the last tick)" in warning
+        assert delivered == {}
+        rebuilt = json.loads(h.cursor(FRESHNESS_SENSOR))
+        assert rebuilt["version"] == 1 and set(rebuilt["assets"]) == {
+            SALES.to_string(),
+            RATIO.to_string(),
+        }
+
+        # the next ticks: no warning, nothing repeated
+        for minute in (18, 19):
+            with freeze_time(at(minute)):
+                h.evaluate_freshness()
+                h.tick_sensors()
+            assert _unreadable_warnings(h, FRESHNESS_SENSOR) == []
+        assert receiver.take() == []
+
+        # shop.mv_sales recovers: the rebuilt cursor knows since when it was stale
+        with freeze_time(at(20)):
+            assert h.materialize([SALES]).status == DagsterRunStatus.SUCCESS
+            h.evaluate_freshness()
+            h.tick_sensors()
+        (recovered,) = receiver.take()
+        assert recovered["title"] == "[RECOVERED] shop.mv_sales is fresh again"
+        assert "It was stale for 4m 00s." in recovered["message"]  # WARN at 16, PASS at 20
+
+
+def test_freshness_cursor_damaged_before_any_tick_starts_afresh(
+    db_url: str,
+    shop: psycopg.Connection[Any],
+    instance: dg.DagsterInstance,
+    receiver: Receiver,
+    tmp_path: Path,
+) -> None:
+    """Without an earlier tick there is nothing to rebuild from: stale views alert once, as on
+    a first start, and the tick does not fail."""
+    t0 = datetime.now(UTC).replace(microsecond=0)
+    with harness(instance, tmp_path, db_url, receiver.url()) as h:
+        with freeze_time(t0):
+            assert h.materialize([SALES]).status == DagsterRunStatus.SUCCESS
+        with freeze_time(t0 + timedelta(minutes=11)):
+            h.evaluate_freshness()
+        h.set_cursor(FRESHNESS_SENSOR, "not a cursor {")
+        with freeze_time(t0 + timedelta(minutes=12)):
+            h.tick_sensors()
+        (warning,) = _unreadable_warnings(h, FRESHNESS_SENSOR)
+        assert "no earlier tick" in warning
+        assert [a["title"] for a in receiver.take()] == ["[WARN] shop.mv_sales is getting stale"]
+        with freeze_time(t0 + timedelta(minutes=13)):
+            h.tick_sensors()
+        assert receiver.take() == [] and _unreadable_warnings(h, FRESHNESS_SENSOR) == []
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_unreadable_failure_cursor_is_rebuilt_and_delivers_pending_alerts(
+    damage: str,
+    db_url: str,
+    shop: psycopg.Connection[Any],
+    instance: dg.DagsterInstance,
+    receiver: Receiver,
+    tmp_path: Path,
+) -> None:
+    t0 = datetime.now(UTC).replace(microsecond=0)
+
+    def at(minutes: float) -> datetime:
+        return t0 + timedelta(minutes=minutes)
+
+    corrupt, keeps_delivered_through = DAMAGE[damage]
+    shop.execute("INSERT INTO shop.divisors VALUES (0)")
+
+    def failed_run() -> str:
+        run = h.materialize([RATIO])
+        assert run.status == DagsterRunStatus.FAILURE
+        return run.run_id
+
+    def alerted_runs() -> list[str]:
+        return [
+            next(line for line in a["message"].splitlines() if line.startswith("Run: ")).split()[1]
+            for a in receiver.take()
+        ]
+
+    with harness(instance, tmp_path, db_url, receiver.url()) as h:
+        with freeze_time(at(0)):
+            h.tick_sensors()
+        with freeze_time(at(1)):
+            first = failed_run()
+        with freeze_time(at(2)):
+            h.tick_sensors()
+        assert alerted_runs() == [first]
+        # the second failure's alert is not delivered: it is pending
+        with freeze_time(at(3)):
+            second = failed_run()
+        receiver.fail_next = 1
+        with freeze_time(at(4)):
+            h.tick_sensors()
+        assert alerted_runs() == []
+        assert json.loads(h.cursor(FAILURE_SENSOR))["pending"] == [second]
+
+        # the cursor is damaged; a third run fails after that last tick
+        h.set_cursor(FAILURE_SENSOR, corrupt(h.cursor(FAILURE_SENSOR), "pending"))
+        with freeze_time(at(5)):
+            third = failed_run()
+        with freeze_time(at(6)):
+            h.tick_sensors()  # asserts that no tick failed
+        (warning,) = _unreadable_warnings(h, FAILURE_SENSOR)
+        assert "rebuilt from the event log" in warning and "not a cursor" not in warning
+        if keeps_delivered_through:
+            assert alerted_runs() == [second, third]  # the first, delivered, is not repeated
+            assert "after the last one known to be alerted" in warning
+        else:
+            # nothing to tell what was delivered: an hour back from the last tick, again
+            assert alerted_runs() == [first, second, third]
+            assert "1h 00m before the last tick" in warning
+        assert json.loads(h.cursor(FAILURE_SENSOR))["pending"] == []
+
+        for minute in (7, 8):
+            with freeze_time(at(minute)):
+                h.tick_sensors()
+            assert _unreadable_warnings(h, FAILURE_SENSOR) == []
+        assert alerted_runs() == []
+        with freeze_time(at(9)):
+            fourth = failed_run()
+        with freeze_time(at(10)):
+            h.tick_sensors()
+        assert alerted_runs() == [fourth]
+
+
+def test_canceled_run_raises_no_alert(
+    db_url: str,
+    shop: psycopg.Connection[Any],
+    instance: dg.DagsterInstance,
+    receiver: Receiver,
+    tmp_path: Path,
+) -> None:
+    """An interrupted run ends CANCELED, not FAILURE: the failure sensor says nothing."""
+    t0 = datetime.now(UTC).replace(microsecond=0)
+    shop.execute("INSERT INTO shop.divisors VALUES (0)")
+    with harness(instance, tmp_path, db_url, receiver.url()) as h:
+        with freeze_time(t0):
+            h.tick_sensors()
+        with freeze_time(t0 + timedelta(minutes=1)):
+            # a run of the failing view, launched as the UI does, canceled while it starts
+            location = h._location()
+            repo_name, repo = next(iter(location.get_repositories().items()))
+            remote_job = repo.get_full_job(IMPLICIT_ASSET_JOB_NAME)
+            job_def = location.get_reconstructable_job(repo_name, IMPLICIT_ASSET_JOB_NAME)
+            run = instance.create_run_for_job(
+                job_def=job_def.get_definition(),
+                asset_selection={RATIO},
+                remote_job_origin=remote_job.get_remote_origin(),
+                job_code_origin=remote_job.get_python_origin(),
+            )
+            instance.report_run_canceling(run)
+            instance.report_run_canceled(run)
+        canceled = instance.get_run_by_id(run.run_id)
+        assert canceled is not None and canceled.status == DagsterRunStatus.CANCELED
+        attempts = receiver.attempts
+        with freeze_time(t0 + timedelta(minutes=2)):
+            h.tick_sensors()
+        assert receiver.attempts == attempts and receiver.take() == []
+        # the sensor was watching: a failure after it alerts
+        with freeze_time(t0 + timedelta(minutes=3)):
+            failed = h.materialize([RATIO])
+            assert failed.status == DagsterRunStatus.FAILURE
+        with freeze_time(t0 + timedelta(minutes=4)):
+            h.tick_sensors()
+        (alert,) = receiver.take()
+        assert f"Run: {failed.run_id}" in alert["message"]
 
 
 # --- routing by group: policy file + environment, through build_from_settings -----------------
