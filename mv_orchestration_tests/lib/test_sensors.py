@@ -6,18 +6,24 @@ counters are visible to the sensor's own connection at once and no test sleeps.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Collection
-from typing import Any
+from typing import Any, Literal
 
 import dagster as dg
 import psycopg
 import pytest
 
 from mv_orchestration.core.catalog import CatalogSnapshot, RelationRef, read_catalog
-from mv_orchestration.core.changes import fingerprints, tokens_from_json
+from mv_orchestration.core.changes import fingerprints, state_from_json
 from mv_orchestration.lib.assets import build_refresh_assets
 from mv_orchestration.lib.resource import PostgresResource
-from mv_orchestration.lib.sensors import DATA_VERSION_TAG, build_change_sensor
+from mv_orchestration.lib.sensors import (
+    DATA_VERSION_TAG,
+    RUN_KEY_TAG,
+    SENSOR_NAME_TAG,
+    build_change_sensor,
+)
 from mv_orchestration.lib.translator import MvTranslator
 from mv_orchestration_tests.conftest import flushed
 
@@ -72,8 +78,17 @@ def snapshot(writer: psycopg.Connection[Any]) -> CatalogSnapshot:
     return read_catalog(writer, ["mart"])
 
 
+Submit = Literal["queue", "execute", "drop"]
+
+
 class Harness:
-    """One sensor in one Definitions, ticked like the daemon does (cursor carried over)."""
+    """One sensor in one Definitions, ticked like the daemon does (cursor carried over).
+
+    Each requested run is created in the instance as the daemon would, with the request's
+    run key and the sensor's name: left NOT_STARTED (``"queue"``, the default: waiting for the
+    run coordinator; QUEUED would need a code location's origin), executed in process (``"execute"``), or dropped.
+    ``now`` is the sensor's clock for backoff; tests move it forward instead of sleeping.
+    """
 
     def __init__(
         self,
@@ -84,6 +99,8 @@ class Harness:
     ) -> None:
         translator = MvTranslator()
         self.resource = PostgresResource(dsn=db_url)
+        self.now = time.time()
+        sensor_kw.setdefault("clock", lambda: self.now)
         self.sensor = build_change_sensor(snapshot, translator, **sensor_kw)
         self.defs = dg.Definitions(
             assets=build_refresh_assets(snapshot, translator, name="refresh_default"),
@@ -92,8 +109,15 @@ class Harness:
         )
         self.instance = instance
         self.cursor: str | None = None
+        self.runs: list[str] = []  # ids of the runs created for requests, oldest first
+        self.results: list[dg.ExecuteInProcessResult] = []
 
-    def tick(self) -> Any:
+    @property
+    def job(self) -> dg.JobDefinition:
+        assert self.sensor.job_name is not None
+        return self.defs.resolve_job_def(self.sensor.job_name)
+
+    def tick(self, submit: Submit = "queue") -> Any:
         with dg.build_sensor_context(
             instance=self.instance,
             cursor=self.cursor,
@@ -101,20 +125,42 @@ class Harness:
             definitions=self.defs,
         ) as context:
             data = self.sensor.evaluate_tick(context)
-        # the daemon stores the events and the cursor
+        # the daemon stores the events and the cursor, and creates the runs
         for event in data.asset_events:
             self.instance.report_runless_asset_event(event)
         self.cursor = data.cursor
+        for request in data.run_requests:
+            self._submit(request, submit)
         return data
 
-    def requested(self) -> set[dg.AssetKey]:
+    def _submit(self, request: dg.RunRequest, submit: Submit) -> None:
+        tags = {**request.tags, RUN_KEY_TAG: request.run_key, SENSOR_NAME_TAG: self.sensor.name}
+        keys = list(request.asset_selection or [])
+        if submit == "queue":
+            run = self.instance.create_run_for_job(
+                self.job, status=dg.DagsterRunStatus.NOT_STARTED, tags=tags, asset_selection=set(keys)
+            )
+            self.runs.append(run.run_id)
+        elif submit == "execute":
+            result = self.job.execute_in_process(
+                instance=self.instance, asset_selection=keys, tags=tags, raise_on_error=False
+            )
+            self.runs.append(result.run_id)
+            self.results.append(result)
+
+    def requested(self, submit: Submit = "queue") -> set[dg.AssetKey]:
         """Tick once; the asset keys of the (at most one) requested run."""
-        data = self.tick()
+        data = self.tick(submit)
         assert len(data.run_requests) <= 1
         if not data.run_requests:
             assert data.skip_message
             return set()
         return set(data.run_requests[0].asset_selection)
+
+    def seen(self) -> dict[RelationRef, str]:
+        """The source tokens the last tick read."""
+        assert self.cursor is not None
+        return dict(state_from_json(self.cursor).seen)
 
 
 @pytest.fixture
@@ -154,7 +200,7 @@ def test_baseline_then_insert_refreshes_exactly_the_downstream_mvs(
     # the baseline records a data version for every watched source table
     watched = {K(["src", "orders"]), K(["src", "CustomerList"]), K(["src", "events"])}
     assert {e.asset_key for e in first.asset_events} == watched
-    assert set(tokens_from_json(h.cursor)) == {
+    assert set(h.seen()) == {
         R("src", "orders"),
         R("src", "CustomerList"),
         R("src", "events"),
@@ -164,32 +210,30 @@ def test_baseline_then_insert_refreshes_exactly_the_downstream_mvs(
     assert second.run_requests == [] and second.asset_events == []
 
     flushed(writer, "INSERT INTO src.orders (region, amount) VALUES ('apac', 7)")
-    data = h.tick()
+    data = h.tick("execute")  # the daemon runs the request at once
     [request] = data.run_requests
     assert set(request.asset_selection) == {SALES, GRAND}
     assert request.run_key and request.tags["mvo/changed_tables"] == "src.orders"
     # the changed table's fingerprint is its source asset's data version
     [event] = data.asset_events
-    token = tokens_from_json(h.cursor)[R("src", "orders")]
+    token = h.seen()[R("src", "orders")]
     assert event.asset_key == ORDERS_KEY and event.tags[DATA_VERSION_TAG] == token
     record = instance.get_latest_data_version_record(ORDERS_KEY)
     assert record is not None
     assert record.asset_observation is not None
     assert record.asset_observation.data_version == token
 
-    # the requested run refreshes the MVs upstream first; its refreshes are no new change
-    job_name = request.job_name or h.sensor.job_name  # the daemon fills in the one target
-    assert isinstance(job_name, str)
-    job = h.defs.resolve_job_def(job_name)
-    result = job.execute_in_process(
-        instance=instance, asset_selection=list(request.asset_selection)
-    )
+    # the requested run refreshed the MVs upstream first; its refreshes are no new change
+    [result] = h.results
     assert result.success
     mats = result.asset_materializations_for_node("refresh_default")
     assert [m.asset_key for m in mats] == [SALES, GRAND]
     with psycopg.connect(db_url) as check:
         assert check.execute("SELECT total FROM mart.mv_grand").fetchone() == (22,)
-    assert h.requested() == set()
+    after = h.tick()
+    assert after.run_requests == []
+    assert after.skip_message == "2 view(s) refreshed; no change in 3 source table(s)"
+    assert h.tick().skip_message == "no change in 3 source table(s)"
 
 
 def _copy(conn: psycopg.Connection[Any]) -> None:
@@ -255,7 +299,7 @@ def test_foreign_tables_never_trigger(
     writer.execute("SELECT pg_stat_reset()")
     flushed(writer, "INSERT INTO src.orders (region, amount) VALUES ('eu', 1)")
     assert only_rates.requested() == set()
-    assert only_rates.cursor is None or tokens_from_json(only_rates.cursor) == {}
+    assert only_rates.cursor is None or only_rates.seen() == {}
     assert RATES not in everything.requested()
 
 
