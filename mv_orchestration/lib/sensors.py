@@ -448,7 +448,7 @@ class _ChangeSensor:
         requests = []
         if eligible:
             requests.append(self._request(context, tick, eligible, current, at))
-            for part in parts:
+            for part in parts[1 if note else 0 : -1]:  # the note is logged; tables are above
                 context.log.info(part)
         cursor = state_to_json(ChangeState(current, at, tick.views))
         return dg.SensorResult(

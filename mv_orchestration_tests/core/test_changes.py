@@ -22,13 +22,13 @@ from mv_orchestration.core.catalog import CatalogSnapshot, RelationRef, read_cat
 from mv_orchestration.core.changes import (
     FINGERPRINT_SQL,
     ChangeDetectionError,
+    ChangeState,
+    Claim,
     Fingerprint,
+    ViewState,
     change_sources,
     changed,
     fingerprint_params,
-    ChangeState,
-    Claim,
-    ViewState,
     fingerprints,
     state_from_json,
     state_to_json,
@@ -329,7 +329,7 @@ def _garbage() -> list[str]:
 
 @pytest.mark.parametrize("text", _garbage())
 def test_unreadable_cursor_is_one_error(text: str) -> None:
-    with pytest.raises(ChangeDetectionError, match="^unreadable change cursor: ") as info:
+    with pytest.raises(ChangeDetectionError, match=r"^unreadable change cursor: ") as info:
         state_from_json(text)
     assert "\n" not in str(info.value)
 

@@ -65,6 +65,7 @@ CUSTOMERS, EVENTS, RATES = (
     K(["mart", "mv_rates"]),
 )
 ORDERS_KEY = K(["src", "orders"])
+FINGERPRINTED = [SALES, GRAND, CUSTOMERS, EVENTS]  # mv_rates reads a foreign table
 
 
 @pytest.fixture
@@ -134,11 +135,15 @@ class Harness:
         return data
 
     def _submit(self, request: dg.RunRequest, submit: Submit) -> None:
+        assert request.run_key
         tags = {**request.tags, RUN_KEY_TAG: request.run_key, SENSOR_NAME_TAG: self.sensor.name}
         keys = list(request.asset_selection or [])
         if submit == "queue":
             run = self.instance.create_run_for_job(
-                self.job, status=dg.DagsterRunStatus.NOT_STARTED, tags=tags, asset_selection=set(keys)
+                self.job,
+                status=dg.DagsterRunStatus.NOT_STARTED,
+                tags=tags,
+                asset_selection=set(keys),
             )
             self.runs.append(run.run_id)
         elif submit == "execute":
@@ -337,6 +342,215 @@ def test_upstream_mv_not_change_driven_is_watched_itself(
 def test_same_state_gives_same_run_key(harness: Harness, writer: psycopg.Connection[Any]) -> None:
     baseline = harness.cursor
     flushed(writer, "INSERT INTO src.orders (region, amount) VALUES ('eu', 1)")
-    first = harness.tick().run_requests[0].run_key
-    harness.cursor = baseline  # e.g. the tick's result was lost: the daemon dedupes the run
-    assert harness.tick().run_requests[0].run_key == first
+    first = harness.tick("drop").run_requests[0].run_key
+    harness.cursor = baseline  # e.g. the tick's result was lost before its run was created
+    assert harness.tick("queue").run_requests[0].run_key == first
+    # the tick's result is lost after its run was created: the tick coalesces into the run
+    harness.cursor = baseline
+    again = harness.tick()
+    assert again.run_requests == []
+    assert again.skip_message == (
+        f"2 view(s) busy in run {harness.runs[0][:8]}; changed: src.orders"
+    )
+
+
+# --- changes are never lost ---------------------------------------------------------------------
+
+FRAGILE_DDL = """
+CREATE TABLE src.fragile (x int NOT NULL);
+INSERT INTO src.fragile VALUES (1);
+CREATE FUNCTION src.inverse(x int) RETURNS int LANGUAGE sql AS 'SELECT 100 / x';
+CREATE MATERIALIZED VIEW mart.mv_inverse AS SELECT sum(src.inverse(x)) AS total FROM src.fragile;
+CREATE MATERIALIZED VIEW mart.mv_inverse_x2 AS SELECT total * 2 AS total FROM mart.mv_inverse;
+"""
+INVERSE, INVERSE_X2 = K(["mart", "mv_inverse"]), K(["mart", "mv_inverse_x2"])
+
+
+@pytest.fixture
+def fragile(db_url: str, writer: psycopg.Connection[Any], instance: dg.DagsterInstance) -> Harness:
+    """A sensor for two MVs whose refresh divides by zero once ``src.fragile`` holds a 0."""
+    flushed(writer, FRAGILE_DDL)
+    views = [R("mart", "mv_inverse"), R("mart", "mv_inverse_x2"), R("mart", "mv_customers")]
+    h = Harness(db_url, read_catalog(writer, ["mart"]), instance, views=views)
+    assert h.requested() == set()
+    return h
+
+
+def _total(db_url: str, view: str) -> Any:
+    with psycopg.connect(db_url) as check:
+        row = check.execute(f"SELECT total FROM mart.{view}").fetchone()  # noqa: S608 (literal)
+    assert row is not None
+    return row[0]
+
+
+def test_failed_run_is_requested_again_until_it_succeeds(
+    fragile: Harness, writer: psycopg.Connection[Any], db_url: str
+) -> None:
+    h = fragile
+    flushed(writer, "INSERT INTO src.fragile VALUES (0)")  # the refresh now divides by zero
+    assert h.requested("execute") == {INVERSE, INVERSE_X2}
+    failed = h.results[-1]
+    assert not failed.success  # mv_inverse failed, mv_inverse_x2 was skipped after it
+    assert failed.asset_materializations_for_node("refresh_default") == []
+
+    # no source changed since, yet the next tick requests both again, under a new run key
+    data = h.tick("execute")
+    [request] = data.run_requests
+    assert set(request.asset_selection) == {INVERSE, INVERSE_X2}
+    assert request.tags["mvo/changed_tables"] == "src.fragile"
+    assert request.run_key != h.results[0].dagster_run.tags[RUN_KEY_TAG]
+    assert not h.results[-1].success
+
+    # a second failure in a row: the views wait one sensor interval
+    data = h.tick("execute")
+    assert data.run_requests == []
+    assert data.skip_message.startswith(
+        "2 view(s) not refreshed by the run requested for them: "
+        "mart.mv_inverse (failure 2), mart.mv_inverse_x2 (failure 2); "
+        "2 view(s) backing off after failed refreshes, next try in 30s"
+    )
+    # the function is fixed; no source table changes, and the change is still not lost
+    writer.execute(
+        "CREATE OR REPLACE FUNCTION src.inverse(x int) RETURNS int LANGUAGE sql"
+        " AS 'SELECT 100 / nullif(x, 0)'"
+    )
+    h.now += 10
+    assert h.requested("execute") == set()
+    h.now += 20
+    assert h.requested("execute") == {INVERSE, INVERSE_X2}
+    assert h.results[-1].success
+    assert _total(db_url, "mv_inverse_x2") == 200
+    data = h.tick()
+    assert data.skip_message == "2 view(s) refreshed; no change in 2 source table(s)"
+    state = state_from_json(h.cursor or "")
+    assert all(v.failures == 0 and not v.claims for v in state.views.values())
+
+
+def test_backoff_doubles_per_failure_up_to_30_minutes(
+    fragile: Harness, writer: psycopg.Connection[Any]
+) -> None:
+    h = fragile
+    flushed(writer, "INSERT INTO src.fragile VALUES (0)")
+    assert h.requested("execute") == {INVERSE, INVERSE_X2}
+    assert h.requested("execute") == {INVERSE, INVERSE_X2}  # failure 1: again at once
+    waits = []
+    for _ in range(8):
+        data = h.tick("execute")  # sees the last failure
+        assert data.run_requests == []
+        waited = 0
+        while not h.tick("execute").run_requests:  # one tick per interval
+            h.now += 30
+            waited += 30
+            assert waited <= 1800
+        waits.append(waited)
+    assert waits == [30, 60, 120, 240, 480, 960, 1800, 1800]
+    # a change of another view's table is requested at once, without waiting for them
+    flushed(writer, "INSERT INTO src.\"CustomerList\" VALUES (1, 'a')")
+    assert h.requested("execute") == {CUSTOMERS}
+    assert h.results[-1].success
+
+
+def test_canceled_queued_run_leaves_the_change_pending(
+    harness: Harness, writer: psycopg.Connection[Any]
+) -> None:
+    flushed(writer, "INSERT INTO src.orders (region, amount) VALUES ('eu', 1)")
+    assert harness.requested() == {SALES, GRAND}
+    # queued: the views are busy, nothing new is requested
+    data = harness.tick()
+    assert data.run_requests == []
+    [run_id] = harness.runs
+    assert (
+        data.skip_message == f"2 view(s) busy in run {run_id[:8]}; no change in 3 source table(s)"
+    )
+    run = harness.instance.get_run_by_id(run_id)
+    assert run is not None
+    harness.instance.report_run_canceled(run)
+    data = harness.tick()
+    assert set(data.run_requests[0].asset_selection) == {SALES, GRAND}
+
+
+def test_runs_of_any_origin_coalesce_and_count(
+    harness: Harness, writer: psycopg.Connection[Any], instance: dg.DagsterInstance
+) -> None:
+    h = harness
+    flushed(writer, "INSERT INTO src.orders (region, amount) VALUES ('eu', 1)")
+    # a run from the UI, a schedule or mvo refresh is queued for one of the views
+    manual = instance.create_run_for_job(
+        h.job, status=dg.DagsterRunStatus.NOT_STARTED, asset_selection={GRAND}
+    )
+    data = h.tick()
+    assert set(data.run_requests[0].asset_selection) == {SALES}  # GRAND is busy
+    busy = h.tick()
+    assert busy.run_requests == []
+    held = sorted([h.runs[0][:8], manual.run_id[:8]])
+    assert busy.skip_message == (
+        f"1 view(s) busy in run {held[0]}; 1 view(s) busy in run {held[1]}; "
+        "no change in 3 source table(s)"
+    )
+    for run_id in (manual.run_id, h.runs[0]):
+        run = instance.get_run_by_id(run_id)
+        assert run is not None
+        instance.report_run_canceled(run)
+    # a manual run that starts after the change was read refreshes both: no request follows
+    flushed(writer, "INSERT INTO src.orders (region, amount) VALUES ('us', 2)")
+    assert h.requested("drop") == {SALES, GRAND}  # its run is lost (never created) ...
+    result = h.job.execute_in_process(instance=instance, asset_selection=[SALES, GRAND])
+    assert result.success
+    data = h.tick()
+    assert data.run_requests == []  # ... and the manual run counts instead
+    assert data.skip_message == "2 view(s) refreshed; no change in 3 source table(s)"
+
+
+# --- an unreadable cursor ------------------------------------------------------------------------
+
+
+def _garbage_cursors(good: str) -> list[str]:
+    return [
+        "not json",
+        good[: len(good) // 2],  # truncated
+        '{"v": 1, "tables": {"src": {"orders": "0123"}}}',  # the format before views
+        '{"v": 2, "tables": [], "views": {}, "seen_at": 0}',  # wrong shape
+        "[]",
+        good.replace('"failures":0', '"failures":"x"'),
+    ]
+
+
+@pytest.mark.parametrize("kind", range(6))
+def test_unreadable_cursor_is_rebuilt_from_the_instance(
+    kind: int,
+    harness: Harness,
+    writer: psycopg.Connection[Any],
+    instance: dg.DagsterInstance,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    h = harness
+    # every view refreshed after the baseline's observations, then orders changes unseen
+    assert h.job.execute_in_process(instance=instance, asset_selection=FINGERPRINTED).success
+    flushed(writer, "INSERT INTO src.orders (region, amount) VALUES ('eu', 1)")
+    assert h.cursor is not None
+    garbage = _garbage_cursors(h.cursor)[kind]
+    assert garbage != h.cursor
+    h.cursor = garbage
+    capfd.readouterr()
+    data = h.tick()
+    # exactly the views downstream of the unseen change; no tick raises
+    [request] = data.run_requests
+    assert set(request.asset_selection) == {SALES, GRAND}
+    assert state_from_json(h.cursor or "").views  # written back, readable
+    assert h.requested() == set()  # busy in the run just requested
+    # logged once, as a warning (Dagster's log manager writes to stderr)
+    logged = [line for line in capfd.readouterr().err.splitlines() if "unreadable" in line]
+    assert len(logged) == 1 and " - WARNING - " in logged[0]
+
+
+def test_rebuild_with_nothing_pending_requests_nothing(
+    harness: Harness, instance: dg.DagsterInstance
+) -> None:
+    h = harness
+    assert h.job.execute_in_process(instance=instance, asset_selection=FINGERPRINTED).success
+    h.cursor = "{truncated"
+    data = h.tick()
+    assert data.run_requests == []
+    assert data.skip_message.startswith("cursor rebuilt (unreadable change cursor: ")
+    assert data.skip_message.endswith("; 3 source table(s) read")
+    assert h.tick().skip_message == "no change in 3 source table(s)"
