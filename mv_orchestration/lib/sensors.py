@@ -50,6 +50,7 @@ from mv_orchestration.core.changes import (
 )
 from mv_orchestration.core.graph import LineageGraph
 from mv_orchestration.lib.resource import PostgresResource
+from mv_orchestration.lib.runs import ActiveRuns, short_id
 from mv_orchestration.lib.translator import MvTranslator
 
 # Tags Dagster writes on runs and events (dagster._core.storage.tags and
@@ -62,15 +63,6 @@ _AUTO_RETRY_RUN_ID_TAG = "dagster/auto_retry_run_id"
 _MAX_TAG_CHARS = 500
 _MAX_LISTED = 5
 BACKOFF_CAP_S = 1800.0
-# Queued or in progress: a view targeted by one of these is busy.
-ACTIVE_STATUSES = (
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-    dg.DagsterRunStatus.CANCELING,
-)
-_UNSTARTED = frozenset(ACTIVE_STATUSES[:3])
 # materializations examined per view and tick (newest first)
 _MATERIALIZATIONS_PER_VIEW = 50
 
@@ -121,26 +113,12 @@ def _listing(names: Iterable[str]) -> str:
     return ", ".join(items[:_MAX_LISTED]) + (f" and {more} more" if more > 0 else "")
 
 
-def _short(run_id: str) -> str:
-    return run_id[:8]
-
-
 @dataclass
 class _Runs:
     """What one tick knows about runs: the active ones and the sensor's own by run key."""
 
-    active: dict[str, dg.RunRecord]
-    busy: dict[dg.AssetKey, list[str]]  # view → ids of active runs targeting it
+    active: ActiveRuns
     own: dict[str, list[dg.RunRecord]] = field(default_factory=dict)  # run key → runs
-
-    @classmethod
-    def read(cls, instance: dg.DagsterInstance) -> _Runs:
-        records = instance.get_run_records(dg.RunsFilter(statuses=list(ACTIVE_STATUSES)))
-        busy: dict[dg.AssetKey, list[str]] = {}
-        for record in records:
-            for key in record.dagster_run.asset_selection or ():
-                busy.setdefault(key, []).append(record.dagster_run.run_id)
-        return cls({r.dagster_run.run_id: r for r in records}, busy)
 
     def read_own(self, instance: dg.DagsterInstance, sensor: str, keys: Collection[str]) -> None:
         if not keys:
@@ -154,7 +132,7 @@ class _Runs:
     def in_flight(self, claim: Claim) -> bool:
         """Whether a claim's run may still refresh its view."""
         if not claim.own:
-            return claim.run in self.active
+            return claim.run in self.active.runs
         for record in self.own.get(claim.run, []):
             run = record.dagster_run
             retrying = (
@@ -162,7 +140,7 @@ class _Runs:
                 and run.tags.get(_WILL_RETRY_TAG) == "true"
                 and _AUTO_RETRY_RUN_ID_TAG not in run.tags
             )  # the daemon is about to re-execute it, under the same run key
-            if run.run_id in self.active or retrying:
+            if run.run_id in self.active.runs or retrying:
                 return True
         return False
 
@@ -390,9 +368,9 @@ class _ChangeSensor:
             if not vs.pending(self._of(view, current)):
                 continue
             tick.pending.append(view)
-            run_ids = runs.busy.get(self.keys[view])
+            run_ids = runs.active.by_asset.get(self.keys[view])
             if run_ids:
-                tick.busy[view] = run_ids
+                tick.busy[view] = list(run_ids)
                 tick.views[view] = self._claim_queued(view, vs, run_ids, runs, current, at)
             elif vs.claims:
                 tick.waiting.append(view)
@@ -412,11 +390,7 @@ class _ChangeSensor:
         at: float,
     ) -> ViewState:
         """Runs not started yet will see at least ``current``: claim them with it."""
-        queued = {
-            r
-            for r in run_ids
-            if runs.active[r].dagster_run.status in _UNSTARTED and runs.active[r].start_time is None
-        }
+        queued = {r for r in run_ids if runs.active.unstarted(r)}
         if not queued:
             return vs
         kept = [c for c in vs.claims if c.own or c.run not in queued]
@@ -435,7 +409,7 @@ class _ChangeSensor:
         at, now = time.time(), self.clock()  # ``at``: after the read, so runs started later see it
         current = {ref: fp.token for ref, fp in fps.items()}
         state, note = self.load(context, current, at)
-        runs = _Runs.read(context.instance)
+        runs = _Runs(ActiveRuns.read(context.instance))
         tick = self.resolve(context.instance, state, current, runs, now)
         eligible = self.classify(tick, current, runs, at, now)
         events = [
@@ -516,7 +490,7 @@ class _ChangeSensor:
             parts.append(f"{len(tick.refreshed)} view(s) refreshed")
         by_run: dict[str, list[RelationRef]] = {}
         for view, ids in tick.busy.items():
-            by_run.setdefault(", ".join(_short(r) for r in sorted(ids)), []).append(view)
+            by_run.setdefault(", ".join(short_id(r) for r in sorted(ids)), []).append(view)
         for names, views in sorted(by_run.items()):
             plural = "s" if "," in names else ""
             parts.append(f"{len(views)} view(s) busy in run{plural} {names}")
