@@ -426,6 +426,38 @@ def test_failed_run_is_requested_again_until_it_succeeds(
     assert all(v.failures == 0 and not v.claims for v in state.views.values())
 
 
+def test_a_run_dagster_will_retry_is_waited_for(
+    fragile: Harness, writer: psycopg.Connection[Any], db_url: str
+) -> None:
+    h = fragile
+    flushed(writer, "INSERT INTO src.fragile VALUES (0)")
+    assert h.requested("execute") == {INVERSE, INVERSE_X2}
+    [failed] = h.results
+    # run retries (dagster.yaml) mark a crashed run for re-execution, then create it
+    h.instance.add_run_tags(failed.run_id, {"dagster/will_retry": "true"})
+    data = h.tick()
+    assert data.run_requests == []
+    assert data.skip_message == (
+        "2 view(s) waiting for the retry of their run; no change in 2 source table(s)"
+    )
+    writer.execute(
+        "CREATE OR REPLACE FUNCTION src.inverse(x int) RETURNS int LANGUAGE sql"
+        " AS 'SELECT 100 / nullif(x, 0)'"
+    )
+    # the retry carries its parent's tags, run key included
+    retry = h.job.execute_in_process(
+        instance=h.instance,
+        asset_selection=[INVERSE, INVERSE_X2],
+        tags={**failed.dagster_run.tags, "dagster/parent_run_id": failed.run_id},
+    )
+    assert retry.success
+    h.instance.add_run_tags(failed.run_id, {"dagster/auto_retry_run_id": retry.run_id})
+    data = h.tick()
+    assert data.run_requests == []
+    assert data.skip_message == "2 view(s) refreshed; no change in 2 source table(s)"
+    assert _total(db_url, "mv_inverse") == 100
+
+
 def test_backoff_doubles_per_failure_up_to_30_minutes(
     fragile: Harness, writer: psycopg.Connection[Any]
 ) -> None:
