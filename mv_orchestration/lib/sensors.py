@@ -233,7 +233,6 @@ class _Tick:
     views: dict[RelationRef, ViewState]
     refreshed: set[RelationRef] = field(default_factory=set)
     failed: dict[RelationRef, int] = field(default_factory=dict)  # view → failures so far
-    pending: list[RelationRef] = field(default_factory=list)
     busy: dict[RelationRef, list[str]] = field(default_factory=dict)  # view → run ids
     waiting: list[RelationRef] = field(default_factory=list)  # a requested run will retry
     backing_off: dict[RelationRef, float] = field(default_factory=dict)  # view → retry at
@@ -367,7 +366,6 @@ class _ChangeSensor:
             vs = tick.views[view]
             if not vs.pending(self._of(view, current)):
                 continue
-            tick.pending.append(view)
             run_ids = runs.active.by_asset.get(self.keys[view])
             if run_ids:
                 tick.busy[view] = list(run_ids)
