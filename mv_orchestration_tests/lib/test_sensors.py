@@ -556,8 +556,11 @@ def test_unreadable_cursor_is_rebuilt_from_the_instance(
     capfd: pytest.CaptureFixture[str],
 ) -> None:
     h = harness
-    # every view refreshed after the baseline's observations, then orders changes unseen
+    # every view refreshed after the baseline's observations
     assert h.job.execute_in_process(instance=instance, asset_selection=FINGERPRINTED).success
+    # a change is observed (its run is lost), and another is not even seen yet
+    flushed(writer, "INSERT INTO src.\"CustomerList\" VALUES (1, 'a')")
+    assert h.requested("drop") == {CUSTOMERS}
     flushed(writer, "INSERT INTO src.orders (region, amount) VALUES ('eu', 1)")
     assert h.cursor is not None
     garbage = _garbage_cursors(h.cursor)[kind]
@@ -565,9 +568,10 @@ def test_unreadable_cursor_is_rebuilt_from_the_instance(
     h.cursor = garbage
     capfd.readouterr()
     data = h.tick()
-    # exactly the views downstream of the unseen change; no tick raises
+    # no tick raises. mv_customers was refreshed before its source's last observation, and
+    # orders moved since its last one: exactly the views downstream of both are requested
     [request] = data.run_requests
-    assert set(request.asset_selection) == {SALES, GRAND}
+    assert set(request.asset_selection) == {SALES, GRAND, CUSTOMERS}
     assert state_from_json(h.cursor or "").views  # written back, readable
     assert h.requested() == set()  # busy in the run just requested
     # logged once, as a warning (Dagster's log manager writes to stderr)
