@@ -364,7 +364,6 @@ def test_a_tick_leaves_out_views_with_a_queued_or_running_refresh(
     jobs, schedules = build_schedules(policies)
     defs = dg.Definitions(assets=[_mvs(policies)], jobs=jobs, schedules=schedules)
     [schedule] = schedules
-    job = defs.resolve_job_def(schedule.job_name)
     tick = datetime(2026, 6, 10, 8, 0, tzinfo=UTC)
 
     def evaluate(instance: dg.DagsterInstance) -> dg.ScheduleExecutionData:
@@ -372,6 +371,7 @@ def test_a_tick_leaves_out_views_with_a_queued_or_running_refresh(
         return schedule.evaluate_tick(context)
 
     with dg.instance_for_test() as instance:
+        job = defs.resolve_job_def(schedule.job_name)  # resolving loads with the instance
         [request] = evaluate(instance).run_requests or []
         assert set(request.asset_selection or ()) == {wip, dashboard}  # nothing under way
         # a run of another origin (the UI, a sensor) holds the dashboard
