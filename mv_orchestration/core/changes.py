@@ -49,7 +49,7 @@ from psycopg.rows import dict_row
 from mv_orchestration.core.catalog import CatalogSnapshot, RelationRef
 from mv_orchestration.errors import CatalogError, MvoError
 
-CURSOR_VERSION = 1
+CURSOR_VERSION = 2  # 1: {"v": 1, "tables": ...}, per table only (before views were tracked)
 _TOKEN_VERSION = "mvo-fp-1"
 
 
@@ -187,33 +187,139 @@ def changed(
     return {ref for ref, fp in current.items() if previous.get(ref) != fp.token}
 
 
-def tokens_to_json(fingerprints: Mapping[RelationRef, Fingerprint | str]) -> str:
-    """Compact JSON of table → token (a sensor cursor):
-    ``{"v": 1, "tables": {"<schema>": {"<name>": "<token>"}}}``."""
-    tables: dict[str, dict[str, str]] = {}
-    for ref in sorted(fingerprints):
-        fp = fingerprints[ref]
-        tables.setdefault(ref.schema, {})[ref.name] = fp if isinstance(fp, str) else fp.token
-    return json.dumps({"v": CURSOR_VERSION, "tables": tables}, separators=(",", ":"))
+@dataclass(frozen=True)
+class Claim:
+    """A run expected to refresh a view, and the source tokens it was queued against.
+
+    ``own`` claims are runs the sensor requested, named by their run key (the daemon picks
+    the run id); the others are runs of any origin, named by run id, that were seen queued
+    (not started) after ``tokens`` were read, so a refresh in them sees at least those.
+    """
+
+    run: str
+    own: bool
+    tokens: Mapping[RelationRef, str]
+    at: float  # when ``tokens`` were read (epoch seconds)
 
 
-def tokens_from_json(text: str | None) -> dict[RelationRef, str]:
-    """Inverse of :func:`tokens_to_json`; ``None`` or ``""`` is an empty mapping."""
-    if not text:
-        return {}
+@dataclass(frozen=True)
+class ViewState:
+    """What a change-driven view is known to be fresh against, and what is under way."""
+
+    fresh: Mapping[RelationRef, str]  # source tokens its last credited refresh saw
+    fresh_at: float = 0.0  # when those tokens were read
+    mat: int = 0  # storage id of the newest materialization already examined
+    claims: tuple[Claim, ...] = ()
+    failures: int = 0  # consecutive requested runs that did not refresh it
+    retry_at: float = 0.0  # no request before this (epoch seconds)
+
+    def pending(self, current: Mapping[RelationRef, str]) -> set[RelationRef]:
+        """Sources whose current token differs from the one this view is fresh against."""
+        return {ref for ref, token in current.items() if self.fresh.get(ref) != token}
+
+
+@dataclass(frozen=True)
+class ChangeState:
+    """A change sensor's cursor: the tokens read last tick and each view's state."""
+
+    seen: Mapping[RelationRef, str]
+    seen_at: float
+    views: Mapping[RelationRef, ViewState]
+
+
+def _tokens_out(tokens: Mapping[RelationRef, str]) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for ref in sorted(tokens):
+        out.setdefault(ref.schema, {})[ref.name] = tokens[ref]
+    return out
+
+
+def _tokens_in(data: Any) -> dict[RelationRef, str]:
+    if not isinstance(data, dict):
+        raise TypeError(f"token map is {type(data).__name__}, not an object")
+    result: dict[RelationRef, str] = {}
+    for schema, names in data.items():
+        if not isinstance(names, dict):
+            raise TypeError(f"tables of schema {schema!r} are not an object")
+        for name, token in names.items():
+            if not isinstance(token, str):
+                raise TypeError(f"token of {schema}.{name} is not a string")
+            result[RelationRef(schema, name)] = token
+    return result
+
+
+def _number(data: Mapping[str, Any], key: str, kind: type[int] | type[float]) -> Any:
+    value = data[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+        raise TypeError(f"{key} is not a number")
+    if not (value == value and abs(value) != float("inf")) or value < 0:
+        raise ValueError(f"{key} is out of range")
+    return kind(value)
+
+
+def _claim_in(data: Any) -> Claim:
+    if not isinstance(data, dict) or not isinstance(data["run"], str):
+        raise TypeError("a claim is not an object with a run")
+    if not isinstance(data["own"], bool):
+        raise TypeError("a claim's own flag is not a boolean")
+    return Claim(data["run"], data["own"], _tokens_in(data["tokens"]), _number(data, "at", float))
+
+
+def _view_in(data: Any) -> tuple[RelationRef, ViewState]:
+    if not isinstance(data, dict):
+        raise TypeError("a view entry is not an object")
+    ref = data["view"]
+    if not (isinstance(ref, list) and len(ref) == 2 and all(isinstance(p, str) for p in ref)):
+        raise TypeError("a view is not [schema, name]")
+    claims = data["claims"]
+    if not isinstance(claims, list):
+        raise TypeError("claims are not a list")
+    return RelationRef(ref[0], ref[1]), ViewState(
+        fresh=_tokens_in(data["fresh"]),
+        fresh_at=_number(data, "fresh_at", float),
+        mat=_number(data, "mat", int),
+        claims=tuple(_claim_in(c) for c in claims),
+        failures=_number(data, "failures", int),
+        retry_at=_number(data, "retry_at", float),
+    )
+
+
+def state_to_json(state: ChangeState) -> str:
+    """The compact JSON cursor of a change sensor (format :data:`CURSOR_VERSION`)."""
+    views = [
+        {
+            "view": [ref.schema, ref.name],
+            "fresh": _tokens_out(v.fresh),
+            "fresh_at": v.fresh_at,
+            "mat": v.mat,
+            "claims": [
+                {"run": c.run, "own": c.own, "tokens": _tokens_out(c.tokens), "at": c.at}
+                for c in v.claims
+            ],
+            "failures": v.failures,
+            "retry_at": v.retry_at,
+        }
+        for ref, v in sorted(state.views.items())
+    ]
+    data = {"v": CURSOR_VERSION, "seen_at": state.seen_at, "tables": _tokens_out(state.seen)}
+    return json.dumps({**data, "views": views}, separators=(",", ":"))
+
+
+def state_from_json(text: str) -> ChangeState:
+    """Inverse of :func:`state_to_json`; anything else raises :class:`ChangeDetectionError`."""
     try:
         data = json.loads(text)
+        if not isinstance(data, dict):
+            raise TypeError(f"cursor is {type(data).__name__}, not an object")
         if data.get("v") != CURSOR_VERSION:
-            raise ValueError(f"version {data.get('v')!r} is not {CURSOR_VERSION}")
-        return {
-            RelationRef(schema, name): str(token)
-            for schema, names in data["tables"].items()
-            for name, token in names.items()
-        }
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise ChangeDetectionError(
-            f"unreadable change cursor ({exc}); reset the sensor's cursor"
-        ) from exc
+            raise ValueError(f"cursor format {data.get('v')!r} is not {CURSOR_VERSION}")
+        if not isinstance(data["views"], list):
+            raise TypeError("views are not a list")
+        views = dict(_view_in(v) for v in data["views"])
+        return ChangeState(_tokens_in(data["tables"]), _number(data, "seen_at", float), views)
+    except (ValueError, TypeError, KeyError) as exc:  # json.JSONDecodeError is a ValueError
+        detail = str(exc) if not isinstance(exc, KeyError) else f"missing key {exc}"
+        raise ChangeDetectionError(f"unreadable change cursor: {detail}") from exc
 
 
 def change_sources(

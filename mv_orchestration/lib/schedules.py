@@ -8,13 +8,17 @@ refreshes its selection in dependency order.
 Names are stable and derived from the schedule, e.g. ``*/2 6-22 * * *`` in Asia/Seoul is the
 schedule ``mvo_every_2_min_6_22_asia_seoul`` running the job
 ``mvo_every_2_min_6_22_asia_seoul_job``.
+
+A tick coalesces into refreshes already under way: its run selects only the job's views that
+no queued or in-progress run (of any origin) targets, and when every view is busy the tick
+is skipped with the views and the run ids holding them (:mod:`mv_orchestration.lib.runs`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import (
@@ -22,6 +26,7 @@ from dagster._core.definitions.unresolved_asset_job_definition import (
 )
 
 from mv_orchestration.lib.policies import Schedule, ViewPolicy
+from mv_orchestration.lib.runs import ActiveRuns, short_id
 from mv_orchestration.lib.translator import safe_name
 
 __all__ = ["build_schedules", "describe_cron", "schedule_name"]
@@ -173,6 +178,41 @@ def _listing(keys: Sequence[dg.AssetKey]) -> str:
     return shown + (f" and {more} more" if more > 0 else "")
 
 
+def _busy_listing(busy: Mapping[dg.AssetKey, Sequence[str]]) -> str:
+    items = [
+        f"{k.to_user_string()} (run {', '.join(short_id(r) for r in sorted(ids))})"
+        for k, ids in sorted(busy.items(), key=lambda item: tuple(item[0].path))
+    ]
+    more = len(items) - _MAX_LISTED
+    return ", ".join(items[:_MAX_LISTED]) + (f" and {more} more" if more > 0 else "")
+
+
+def coalescing_tick(
+    keys: Sequence[dg.AssetKey],
+) -> Callable[[dg.ScheduleEvaluationContext], dg.RunRequest | dg.SkipReason]:
+    """A schedule's execution function: a run of the ``keys`` that are not busy, or a skip.
+
+    One query per tick (the instance's active runs). The run always names its selection, so
+    other sensors and schedules see it as busy in turn.
+    """
+
+    def evaluate(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
+        busy = ActiveRuns.read(context.instance).busy(keys)
+        free = [k for k in keys if k not in busy]
+        if not free:
+            return dg.SkipReason(
+                f"all {len(keys)} view(s) busy, refreshes already queued or running: "
+                + _busy_listing(busy)
+            )
+        if busy:
+            context.log.info(
+                f"{len(busy)} view(s) left out, already queued or running: {_busy_listing(busy)}"
+            )
+        return dg.RunRequest(asset_selection=free)
+
+    return evaluate
+
+
 def build_schedules(
     policies: Mapping[dg.AssetKey, ViewPolicy],
     *,
@@ -183,6 +223,8 @@ def build_schedules(
 
     ``policies`` maps each MV's asset key to its resolved policy. A job is built per distinct
     set of MVs, so schedules selecting the same MVs share it. Both lists are sorted by name.
+    Each tick leaves out the views that already have a queued or running refresh
+    (:func:`coalescing_tick`).
     """
     prefix = safe_name(job_prefix)
     targets: dict[Schedule, set[dg.AssetKey]] = {}
@@ -215,6 +257,7 @@ def build_schedules(
                     cron_schedule=s.cron,
                     execution_timezone=s.timezone,
                     job=job,
+                    execution_fn=coalescing_tick(keys),
                     default_status=default_status,
                     description=(
                         f"{describe_cron(s.cron)} ({s.timezone}; cron `{s.cron}`): refreshes "

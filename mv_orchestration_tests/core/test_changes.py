@@ -22,13 +22,16 @@ from mv_orchestration.core.catalog import CatalogSnapshot, RelationRef, read_cat
 from mv_orchestration.core.changes import (
     FINGERPRINT_SQL,
     ChangeDetectionError,
+    ChangeState,
+    Claim,
     Fingerprint,
+    ViewState,
     change_sources,
     changed,
     fingerprint_params,
     fingerprints,
-    tokens_from_json,
-    tokens_to_json,
+    state_from_json,
+    state_to_json,
 )
 from mv_orchestration.demo.embedded import PersistentServer
 from mv_orchestration.errors import CatalogError
@@ -268,17 +271,67 @@ def test_changed_and_cursor_round_trip() -> None:
     assert changed({ORDERS: a.token, ODD: "old"}, current) == {ODD}
     assert changed({ORDERS: a.token}, current) == {ODD}  # new table
     assert changed({ORDERS: a.token, ODD: b.token, EVENTS: "x"}, current) == set()
-    text = tokens_to_json(current)
-    assert tokens_from_json(text) == {ORDERS: a.token, ODD: b.token}
-    assert json.loads(text)["tables"]["Src Schema"]['Odd "Name"'] == b.token
-    assert tokens_from_json(None) == {} and tokens_from_json("") == {}
-    with pytest.raises(ChangeDetectionError, match="cursor"):
-        tokens_from_json('{"v": 99, "tables": {}}')
-    with pytest.raises(ChangeDetectionError, match="cursor"):
-        tokens_from_json("not json")
     # the token is a pure function of the parts
     assert a.token == Fingerprint(ORDERS, 1, 10, 0, 0, ("1:1",), _ts("2026-01-01"), None).token
     assert a.token != Fingerprint(ORDERS, 1, 10, 0, 0, ("1:1",), _ts("2026-01-02"), None).token
+
+
+def _state() -> ChangeState:
+    view = ViewState(
+        fresh={ORDERS: "t1", ODD: "t2"},
+        fresh_at=1.5,
+        mat=42,
+        claims=(Claim("mvo-changes-abc", True, {ORDERS: "t3"}, 2.5), Claim("run-1", False, {}, 3)),
+        failures=2,
+        retry_at=99.0,
+    )
+    return ChangeState({ORDERS: "t3", ODD: "t2"}, 3.5, {R("mart", 'mv "x"'): view})
+
+
+def test_cursor_round_trip_and_pending() -> None:
+    state = _state()
+    text = state_to_json(state)
+    assert state_from_json(text) == state
+    data = json.loads(text)
+    assert data["v"] == 2 and data["tables"]["Src Schema"]['Odd "Name"'] == "t2"
+    [view] = state.views.values()
+    assert view.pending({ORDERS: "t3", ODD: "t2"}) == {ORDERS}
+    assert view.pending({ORDERS: "t1"}) == set()  # a dropped table is no change
+    assert ViewState({}).pending({ORDERS: "t1"}) == {ORDERS}  # nothing known: a change
+
+
+def _garbage() -> list[str]:
+    good = state_to_json(_state())
+    data = json.loads(good)
+    broken_view = json.loads(good)
+    broken_view["views"][0]["view"] = "mart.mv"
+    bad_claim = json.loads(good)
+    bad_claim["views"][0]["claims"][0]["own"] = "yes"
+    bad_number = json.loads(good)
+    bad_number["views"][0]["failures"] = -1
+    nan = good.replace('"retry_at":99.0', '"retry_at":NaN')
+    return [
+        "not json",
+        good[: len(good) // 2],  # truncated
+        "",  # handled by the sensor as a first tick, but not a state
+        "[]",
+        "null",
+        '{"v": 99, "tables": {}, "views": [], "seen_at": 0}',
+        '{"v": 1, "tables": {"src": {"orders": "abc"}}}',  # the old format
+        json.dumps({**data, "tables": {"src": {"orders": 5}}}),
+        json.dumps({k: v for k, v in data.items() if k != "views"}),
+        json.dumps(broken_view),
+        json.dumps(bad_claim),
+        json.dumps(bad_number),
+        nan,
+    ]
+
+
+@pytest.mark.parametrize("text", _garbage())
+def test_unreadable_cursor_is_one_error(text: str) -> None:
+    with pytest.raises(ChangeDetectionError, match=r"^unreadable change cursor: ") as info:
+        state_from_json(text)
+    assert "\n" not in str(info.value)
 
 
 def _ts(day: str) -> datetime:

@@ -339,3 +339,59 @@ def test_ticks_on_an_instance_request_the_schedule_job() -> None:
     assert defs.resolve_job_def(daily.job_name).asset_layer.selected_asset_keys == {
         _key("marketing/daily_aggregations")
     }
+
+
+# --- coalescing -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "blocks"),
+    [
+        (dg.DagsterRunStatus.NOT_STARTED, True),
+        (dg.DagsterRunStatus.STARTED, True),
+        (dg.DagsterRunStatus.CANCELING, True),
+        (dg.DagsterRunStatus.SUCCESS, False),
+        (dg.DagsterRunStatus.FAILURE, False),
+        (dg.DagsterRunStatus.CANCELED, False),
+    ],
+)
+def test_a_tick_leaves_out_views_with_a_queued_or_running_refresh(
+    status: dg.DagsterRunStatus, blocks: bool
+) -> None:
+    wip, dashboard = _key("mes/mv_process_wip_queue"), _key("mes/mv_wip_status_dashboard")
+    every_2 = Schedule("*/2 * * * *")
+    policies = {k: ViewPolicy(schedules=(every_2,)) for k in (wip, dashboard)}
+    jobs, schedules = build_schedules(policies)
+    defs = dg.Definitions(assets=[_mvs(policies)], jobs=jobs, schedules=schedules)
+    [schedule] = schedules
+    tick = datetime(2026, 6, 10, 8, 0, tzinfo=UTC)
+
+    def evaluate(instance: dg.DagsterInstance) -> dg.ScheduleExecutionData:
+        context = dg.build_schedule_context(instance=instance, scheduled_execution_time=tick)
+        return schedule.evaluate_tick(context)
+
+    with dg.instance_for_test() as instance:
+        job = defs.resolve_job_def(schedule.job_name)  # resolving loads with the instance
+        [request] = evaluate(instance).run_requests or []
+        assert set(request.asset_selection or ()) == {wip, dashboard}  # nothing under way
+        # a run of another origin (the UI, a sensor) holds the dashboard
+        first = instance.create_run_for_job(job, status=status, asset_selection={dashboard})
+        result = evaluate(instance)
+        [request] = result.run_requests or []
+        assert request.tags["dagster/schedule_name"] == schedule.name
+        assert set(request.asset_selection or ()) == ({wip} if blocks else {wip, dashboard})
+        if not blocks:
+            return
+        # a second run holds the other view: the tick requests nothing and says why
+        second = instance.create_run_for_job(job, status=status, asset_selection={wip})
+        skipped = evaluate(instance)
+        assert skipped.run_requests == []
+        assert skipped.skip_message == (
+            "all 2 view(s) busy, refreshes already queued or running: "
+            f"mes/mv_process_wip_queue (run {second.run_id[:8]}), "
+            f"mes/mv_wip_status_dashboard (run {first.run_id[:8]})"
+        )
+        for run in (first, second):
+            instance.report_run_canceled(run)
+        [request] = evaluate(instance).run_requests or []
+        assert set(request.asset_selection or ()) == {wip, dashboard}
