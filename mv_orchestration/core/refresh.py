@@ -322,6 +322,9 @@ def _refresh_once(
     t0 = time.perf_counter()
     method: Method | None = None
     oid: int | None = None
+    # when the statement that may queue for a lock was sent: only sessions whose transaction
+    # began before it can be the cause of a lock timeout (see _HOLDERS_SQL)
+    lock_request = t0
     try:
         with conn.transaction(), conn.cursor() as cur:
             with watch as wait:
@@ -347,6 +350,7 @@ def _refresh_once(
                         view, "another refresh of this view is running", method=method
                     )
                 rows_before: int | None = None
+                lock_request = time.perf_counter()
                 if opts.count_rows and populated:
                     rows_before = _count(cur, schema, name)
                 # The session's pending (unflushed) counters also hold earlier
@@ -357,6 +361,7 @@ def _refresh_once(
                 if record is not None:
                     # in the same message as the REFRESH: no round trip of its own
                     refresh = sql.Composed([refresh, sql.SQL("; "), sql.SQL(_SAVEPOINT)])
+                lock_request = time.perf_counter()
                 cur.execute(refresh)
                 rows_after = _count(cur, schema, name) if opts.count_rows else None
                 size_row = cur.execute(_SIZE_SQL, [oid]).fetchone()
@@ -403,7 +408,7 @@ def _refresh_once(
     except RefreshError:
         raise
     except pg_errors.LockNotAvailable as exc:
-        waited_s = lock_timeout_for(opts, method)
+        waited_s = time.perf_counter() - lock_request
         pids, holders = _lock_holders(conn, oid, method, waited_s) if oid is not None else ((), ())
         raise LockTimeoutError(
             view,
