@@ -452,10 +452,29 @@ def refresh(
             )
     done = len(result.get_asset_materialization_events())
     if not result.success:
+        failures = _failed_views(result.get_step_failure_events())
         raise click.ClickException(
             f"run {result.run_id} failed: {done} of {len(selected)} view(s) refreshed"
+            + (f"; {failures}" if failures else "")
         )
     click.echo(f"run {result.run_id} succeeded: {done} view(s) refreshed")
+
+
+def _failed_views(events: Sequence[Any]) -> str:
+    """Each failed view with its SQLSTATE and message, from the steps' failure metadata
+    (``failed_views``, see lib/refresh_step.py); else the steps' own error messages."""
+    parts: list[str] = []
+    for event in events:
+        data = event.step_failure_data
+        meta = data.user_failure_data.metadata if data.user_failure_data else {}
+        views = meta.get("failed_views")
+        if views is not None:
+            for v in views.value:
+                code = f" [SQLSTATE {v['sqlstate']}]" if v.get("sqlstate") else ""
+                parts.append(f"{v['view']}{code}: {v['message']}")
+        elif data.error is not None:
+            parts.append(data.error.message.strip().splitlines()[0])
+    return "; ".join(parts)
 
 
 def _nothing_to_manage(settings: Settings) -> ConfigError:

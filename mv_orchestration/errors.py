@@ -76,4 +76,21 @@ class StatementTimeoutError(RefreshError):
 
 
 class RefreshInProgressError(RefreshError):
-    """Another session holds this view's refresh advisory lock."""
+    """Another session holds this view's refresh advisory lock: not a failure, a skip.
+
+    ``holder_pid`` and ``holder_application`` name that session when it could be read
+    (a refresh step's session is named ``mvo/<run id>``, see ``lib.resource``).
+    """
+
+    def __init__(
+        self,
+        view: str,
+        message: str,
+        *,
+        method: str | None = None,
+        holder_pid: int | None = None,
+        holder_application: str = "",
+    ) -> None:
+        super().__init__(view, message, method=method)
+        self.holder_pid = holder_pid
+        self.holder_application = holder_application

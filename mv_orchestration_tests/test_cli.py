@@ -111,6 +111,9 @@ def test_refresh_group_and_failure_exit_code(
     result = run("refresh", "shop.mv_bad")
     assert result.exit_code == 1
     assert "SQLSTATE 22012" in result.output and "division by zero" in result.output
+    # the last line alone names each failed view, its SQLSTATE and message
+    last = result.output.strip().splitlines()[-1]
+    assert "failed: 0 of 1 view(s) refreshed; shop.mv_bad [SQLSTATE 22012]: division by" in last
     assert "Traceback" not in result.output
 
 

@@ -23,6 +23,11 @@ migrations recorded in ``<schema>.schema_migrations``:
     refreshes (a lock-timeout failure's duration measures waiting, not refreshing), last
     successful refresh, last attempt and the latest error message.
 
+* **version 2**: status ``cancelled`` (an attempt stopped on purpose: a terminated run, a
+  signal; the view kept its previous contents). Cancelled attempts count neither as
+  successes nor as failures in ``refresh_stats``: ``total`` and ``success_rate`` are over
+  successes and failures only.
+
 Migrations run in one transaction under a transaction-level advisory lock, so concurrent
 callers (several code servers, run workers) neither race nor fail; a call that finds every
 version applied changes nothing and needs no CREATE privilege. Later versions are appended
@@ -168,6 +173,51 @@ BEGIN ATOMIC
 END;
 """,
     ),
+    (
+        2,
+        """
+ALTER TABLE {schema}.refresh_history DROP CONSTRAINT refresh_history_status_check;
+ALTER TABLE {schema}.refresh_history ADD CONSTRAINT refresh_history_status_check
+    CHECK (status IN ('success', 'failure', 'cancelled'));
+
+CREATE OR REPLACE FUNCTION {schema}.refresh_stats_since(since timestamptz)
+RETURNS TABLE (
+    view_schema     text,
+    view_name       text,
+    total           bigint,
+    successes       bigint,
+    failures        bigint,
+    success_rate    numeric,
+    avg_duration_ms double precision,
+    min_duration_ms double precision,
+    max_duration_ms double precision,
+    last_refresh_at timestamptz,
+    last_attempt_at timestamptz,
+    last_error      text
+)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT h.view_schema,
+           h.view_name,
+           count(*) FILTER (WHERE h.status IN ('success', 'failure')),
+           count(*) FILTER (WHERE h.status = 'success'),
+           count(*) FILTER (WHERE h.status = 'failure'),
+           round(100.0 * count(*) FILTER (WHERE h.status = 'success')
+                 / nullif(count(*) FILTER (WHERE h.status IN ('success', 'failure')), 0), 2),
+           avg(h.duration_ms) FILTER (WHERE h.status = 'success'),
+           min(h.duration_ms) FILTER (WHERE h.status = 'success'),
+           max(h.duration_ms) FILTER (WHERE h.status = 'success'),
+           max(h.finished_at) FILTER (WHERE h.status = 'success'),
+           max(h.started_at),
+           (array_agg(h.error_message ORDER BY h.started_at DESC, h.id DESC)
+               FILTER (WHERE h.status = 'failure'))[1]
+    FROM {schema}.refresh_history h
+    WHERE h.started_at >= since
+    GROUP BY h.view_schema, h.view_name
+    ORDER BY h.view_schema, h.view_name;
+END;
+""",
+    ),
 )
 
 
@@ -224,6 +274,61 @@ def ensure_history(conn: psycopg.Connection[Any], schema: str = DEFAULT_SCHEMA) 
             )
             applied.add(version)
         return max(applied)
+
+
+def current_version(conn: psycopg.Connection[Any], schema: str) -> int:
+    """The migration version applied in ``schema``: 0 when there is no history (or it cannot
+    be read)."""
+    try:
+        with conn.transaction():
+            row = conn.execute(
+                sql.SQL("SELECT max(version) FROM {}").format(
+                    sql.Identifier(schema, "schema_migrations")
+                )
+            ).fetchone()
+    except psycopg.Error:
+        if conn.broken:
+            raise
+        return 0
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def unavailable_message(conn: psycopg.Connection[Any], schema: str, exc: psycopg.Error) -> str:
+    """One line: why :func:`ensure_history` failed in ``schema``, and the GRANT that fixes it."""
+    primary = exc.diag.message_primary if exc.diag else None
+    reason = (primary or str(exc).strip().splitlines()[0]) + (
+        f" [SQLSTATE {exc.sqlstate}]" if exc.sqlstate else ""
+    )
+    role = conn.info.user or "this role"
+    quoted_schema = sql.Identifier(schema).as_string(conn)
+    version = current_version(conn, schema)
+    exists = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", [schema]).fetchone()
+    if version == 0 and exists:
+        grantee = sql.Identifier(role).as_string(conn)
+        table = sql.Identifier(schema, "refresh_history").as_string(conn)
+        return (
+            f"refresh history off for this run: schema {quoted_schema} exists but this role "
+            f"cannot use it: {reason}; the views refresh without it. Fix: GRANT USAGE ON SCHEMA "
+            f"{quoted_schema} TO {grantee}; GRANT SELECT ON ALL TABLES IN SCHEMA "
+            f"{quoted_schema} TO {grantee}; GRANT INSERT, DELETE ON {table} TO {grantee}; "
+            f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA {quoted_schema} TO {grantee}"
+        )
+    if version == 0:
+        database = sql.Identifier(conn.info.dbname).as_string(conn)
+        fix = (
+            f"GRANT CREATE ON DATABASE {database} TO {sql.Identifier(role).as_string(conn)} "
+            f"(needed once, to create it), or create schema {quoted_schema} owned by that role"
+        )
+        return (
+            f"refresh history off for this run: schema {quoted_schema} could not be created: "
+            f"{reason}; the views refresh without it. Fix: {fix}"
+        )
+    return (
+        f"refresh history in schema {quoted_schema} is at version {version} and could not be "
+        f"upgraded to {latest_version()}: {reason}; rows are still written where version "
+        f"{version} allows. Fix: run one refresh as the owner of {quoted_schema}'s tables, "
+        "who may alter them"
+    )
 
 
 _INSERT = """
@@ -355,6 +460,42 @@ def record_failure(
             "sqlstate": sqlstate,
             "error_message": message,
             "attempts": 1 if attempts is None else attempts,
+        },
+    )
+
+
+def record_cancelled(
+    conn: psycopg.Connection[Any],
+    schema: str,
+    *,
+    view_schema: str,
+    view_name: str,
+    reason: str,
+    started_at: datetime,
+    finished_at: datetime,
+    run_id: str | None,
+    method: str | None = None,
+) -> None:
+    """Append one ``cancelled`` row: an attempt stopped on purpose (``reason``), rolled back."""
+    _insert(
+        conn,
+        schema,
+        {
+            "view_schema": view_schema,
+            "view_name": view_name,
+            "run_id": run_id,
+            "started_at": started_at,
+            "finished_at": finished_at,
+            "duration_ms": max(0.0, (finished_at - started_at).total_seconds()) * 1000.0,
+            "method": method,
+            "rows_before": None,
+            "rows_after": None,
+            "size_bytes": None,
+            "lock_wait_ms": None,
+            "status": "cancelled",
+            "sqlstate": None,
+            "error_message": reason,
+            "attempts": 1,
         },
     )
 

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -326,11 +326,11 @@ def _refresh_once(
     # began before it can be the cause of a lock timeout (see _HOLDERS_SQL)
     lock_request = t0
     try:
-        with conn.transaction(), conn.cursor() as cur:
+        with conn.transaction(), conn.cursor() as cur, _cancelled_on_interrupt(conn):
             with watch as wait:
                 # SET LOCAL takes no parameters; the values are formatted numbers.
                 cur.execute(
-                    sql.SQL("SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = {}").format(
+                    sql.SQL(_SETTINGS_SQL).format(
                         sql.Literal(_ms(opts.lock_timeout_s)),
                         sql.Literal(_ms(opts.statement_timeout_s)),
                     )
@@ -346,9 +346,7 @@ def _refresh_once(
                     "SELECT pg_try_advisory_xact_lock(%s)", [advisory_key(schema, name)]
                 ).fetchone()
                 if not (got and got[0]):
-                    raise RefreshInProgressError(
-                        view, "another refresh of this view is running", method=method
-                    )
+                    raise _in_progress(cur, view, advisory_key(schema, name), method)
                 rows_before: int | None = None
                 lock_request = time.perf_counter()
                 if opts.count_rows and populated:
@@ -431,6 +429,68 @@ def _refresh_once(
             duration_s=time.perf_counter() - t0,
         ) from exc  # fmt: skip
 
+
+@contextmanager
+def _cancelled_on_interrupt(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """End the server's statement when the refresh is interrupted while it runs.
+
+    psycopg cancels a running statement itself only on ``KeyboardInterrupt`` and
+    ``SystemExit``; any other exception raised while it waits for the server (Dagster's
+    ``DagsterExecutionInterruptedError`` on a run's termination) leaves the ``REFRESH``
+    running, holding its locks, with every reader of the view queued behind it. So on any
+    exception while a statement is in flight the statement is cancelled (bounded wait) and
+    the connection closed: the server rolls the transaction back, and the view keeps its
+    previous contents. (A killed process cannot do this; ``client_connection_check_interval``
+    in :data:`_SETTINGS_SQL` makes the server notice the closed socket within a second.)
+    """
+    try:
+        yield
+    except BaseException:
+        if conn.info.transaction_status == psycopg.pq.TransactionStatus.ACTIVE:
+            with suppress(Exception):
+                conn.cancel_safe(timeout=CANCEL_TIMEOUT_S)
+            conn.close()
+        raise
+
+
+def _in_progress(
+    cur: psycopg.Cursor[Any], view: str, key: int, method: Method
+) -> RefreshInProgressError:
+    """The overlap error, naming the session that holds the view's advisory lock."""
+    # a bigint advisory key is stored as two oids: the high and the low 32 bits
+    row = cur.execute(_ADVISORY_HOLDER_SQL, [(key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF]).fetchone()
+    pid, app = (int(row[0]), str(row[1] or "")) if row else (None, "")
+    who = f" (pid {pid}, application {app!r})" if pid is not None else ""
+    return RefreshInProgressError(
+        view,
+        f"another refresh of this view is running{who}",
+        method=method,
+        holder_pid=pid,
+        holder_application=app,
+    )
+
+
+_ADVISORY_HOLDER_SQL = """
+SELECT l.pid, a.application_name
+FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+  AND l.classid = %s::bigint::oid AND l.objid = %s::bigint::oid
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND l.pid <> pg_backend_pid()
+LIMIT 1
+"""
+
+# Each attempt's session settings, for its transaction only. The server checks every second
+# that the client is still connected while the refresh runs (and probes an idle socket by
+# TCP keepalive after 10 s): a killed client's REFRESH ends within about a second, not when
+# it next writes to the socket or at statement_timeout.
+_SETTINGS_SQL = (
+    "SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = {};"
+    " SET LOCAL client_connection_check_interval = 1000;"
+    " SET LOCAL tcp_keepalives_idle = 10; SET LOCAL tcp_keepalives_interval = 5;"
+    " SET LOCAL tcp_keepalives_count = 3"
+)
+CANCEL_TIMEOUT_S = 2.0
 
 _SAVEPOINT = "SAVEPOINT mvo_record"
 _ROLLBACK_TO = b"ROLLBACK TO SAVEPOINT mvo_record"

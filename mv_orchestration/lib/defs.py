@@ -152,7 +152,15 @@ def build_definitions(
                 )
             )  # fmt: skip
     defs = dg.Definitions(
-        assets=assets, resources=resources, jobs=jobs, schedules=schedules, sensors=sensors
+        assets=assets,
+        resources=resources,
+        jobs=jobs,
+        schedules=schedules,
+        sensors=sensors,
+        # The run worker is the step's process: terminating or killing it ends the refresh
+        # (no orphaned step process keeps a REFRESH running), and no second process loads
+        # the definitions. A run's steps (one per database) then run one after another.
+        executor=dg.in_process_executor,
     )
     if notifier is None:
         return defs

@@ -59,6 +59,8 @@ class PostgresResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     )
 
     _pool: ConnectionPool | None = PrivateAttr(default=None)
+    # set per run: sessions are named mvo/<run id>, so an overlapping refresh names its run
+    _session_name: str | None = PrivateAttr(default=None)
 
     @property
     def refresh_options(self) -> RefreshOptions:
@@ -76,11 +78,14 @@ class PostgresResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     def _connect_kwargs(self) -> dict[str, Any]:
         return {
             "autocommit": True,
-            "application_name": self.application_name,
+            "application_name": self._session_name or self.application_name,
             "connect_timeout": self.connect_timeout_s,
         }
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        run = context.run
+        if run is not None:
+            self._session_name = application_name_for_run(run.run_id)
         self._pool = ConnectionPool(
             self.dsn,
             min_size=1,
@@ -110,3 +115,28 @@ class PostgresResource(dg.ConfigurableResource):  # type: ignore[type-arg]
             return
         with psycopg.connect(self.dsn, **self._connect_kwargs()) as conn:
             yield conn
+
+    @contextmanager
+    def quick_connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """A new connection that gives up after 2 s: for the last writes of an interrupted
+        step, which must not hold up its end."""
+        kwargs = {**self._connect_kwargs(), "connect_timeout": QUICK_CONNECT_TIMEOUT_S}
+        with psycopg.connect(self.dsn, **kwargs) as conn:
+            yield conn
+
+
+QUICK_CONNECT_TIMEOUT_S = 2
+_RUN_PREFIX = "mvo/"
+
+
+def application_name_for_run(run_id: str) -> str:
+    """The ``application_name`` of a run's sessions (PostgreSQL keeps 63 bytes; a run id is
+    36 characters)."""
+    return f"{_RUN_PREFIX}{run_id}"
+
+
+def run_id_of_application(application_name: str) -> str | None:
+    """The run id in a session's ``application_name``, if it is one of a run's sessions."""
+    if application_name.startswith(_RUN_PREFIX) and len(application_name) > len(_RUN_PREFIX):
+        return application_name[len(_RUN_PREFIX) :]
+    return None

@@ -23,6 +23,7 @@ from mv_orchestration.core.history import (
     purge_history,
     read_history,
     read_stats,
+    record_cancelled,
     record_failure,
     record_success,
     success_record,
@@ -100,10 +101,10 @@ def sales(hist: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
 
 
 def test_ensure_is_idempotent_and_versioned(conn: psycopg.Connection[Any]) -> None:
-    assert latest_version() == 1
-    assert ensure_history(conn) == 1
+    assert latest_version() == 2
+    assert ensure_history(conn) == 2
     applied_at = conn.execute("SELECT applied_at FROM mvo.schema_migrations").fetchall()
-    assert ensure_history(conn) == 1
+    assert ensure_history(conn) == 2
     # nothing re-applied: same single row, same timestamp
     assert conn.execute("SELECT applied_at FROM mvo.schema_migrations").fetchall() == applied_at
     objects = conn.execute(
@@ -129,21 +130,21 @@ def test_ensure_is_idempotent_and_versioned(conn: psycopg.Connection[Any]) -> No
 def test_later_migration_is_applied_once(
     conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert ensure_history(conn, ODD) == 1
+    assert ensure_history(conn, ODD) == 2
     monkeypatch.setattr(
         history,
         "MIGRATIONS",
-        [*history.MIGRATIONS, (2, "ALTER TABLE {schema}.refresh_history ADD COLUMN note text")],
+        [*history.MIGRATIONS, (3, "ALTER TABLE {schema}.refresh_history ADD COLUMN note text")],
     )
-    assert latest_version() == 2
-    assert ensure_history(conn, ODD) == 2
-    assert ensure_history(conn, ODD) == 2  # would fail "column already exists" if re-run
+    assert latest_version() == 3
+    assert ensure_history(conn, ODD) == 3
+    assert ensure_history(conn, ODD) == 3  # would fail "column already exists" if re-run
     versions = conn.execute(
         sql.SQL("SELECT version FROM {} ORDER BY 1").format(
             sql.Identifier(ODD, "schema_migrations")
         )
     ).fetchall()
-    assert versions == [(1,), (2,)]
+    assert versions == [(1,), (2,), (3,)]
 
 
 def test_concurrent_ensure_from_two_connections(conn: psycopg.Connection[Any]) -> None:
@@ -178,8 +179,8 @@ def test_concurrent_ensure_from_two_connections(conn: psycopg.Connection[Any]) -
         for t in threads:
             t.join(timeout=30)
     assert errors == []
-    assert results == [1, 1]
-    assert conn.execute("SELECT count(*) FROM mvo.schema_migrations").fetchone() == (1,)
+    assert results == [2, 2]
+    assert conn.execute("SELECT count(*) FROM mvo.schema_migrations").fetchone() == (2,)
 
 
 # --- recording --------------------------------------------------------------------------------
@@ -410,3 +411,40 @@ def test_purge_deletes_only_old_rows(hist: psycopg.Connection[Any]) -> None:
         "SELECT count(*) FROM mvo.refresh_history WHERE started_at > now() - interval '1 hour'"
     ).fetchone()
     assert remaining == (1,) and len(_rows(hist)) == 1
+
+
+def test_version_2_upgrades_a_version_1_history_and_counts_cancelled_apart(
+    conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    v1 = [m for m in history.MIGRATIONS if m[0] == 1]
+    with monkeypatch.context() as m:
+        m.setattr(history, "MIGRATIONS", v1)
+        assert ensure_history(conn) == 1
+    _insert(conn, "a", ago_s=60, duration_ms=100)
+    _insert(conn, "a", ago_s=50, duration_ms=100, status="failure", error="boom")
+    with pytest.raises(psycopg.errors.CheckViolation):
+        _insert(conn, "a", ago_s=40, duration_ms=1, status="cancelled")
+
+    assert ensure_history(conn) == 2  # the v1 rows stay
+    now = datetime.now(UTC)
+    record_cancelled(
+        conn,
+        DEFAULT_SCHEMA,
+        view_schema="public",
+        view_name="a",
+        reason="run terminated",
+        started_at=now - timedelta(seconds=3),
+        finished_at=now,
+        run_id="r1",
+        method="blocking",
+    )
+    rows = _rows(conn)
+    assert [r["status"] for r in rows] == ["success", "failure", "cancelled"]
+    assert rows[-1]["error_message"] == "run terminated" and rows[-1]["run_id"] == "r1"
+    assert rows[-1]["duration_ms"] == pytest.approx(3000.0, abs=1.0)
+    [a] = read_stats(conn, DEFAULT_SCHEMA, views=[("public", "a")])
+    # a cancelled attempt is neither a success nor a failure
+    assert (a.total, a.successes, a.failures, a.success_rate) == (2, 1, 1, 50.0)
+    assert a.last_error == "boom"
+    last = conn.execute("SELECT last_status FROM mvo.last_refresh").fetchone()
+    assert last == ("cancelled",)

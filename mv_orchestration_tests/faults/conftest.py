@@ -8,15 +8,22 @@ EXCLUSIVE``): a reader that starts while the refresh runs waits for it. Its quer
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import psycopg
 import pytest
+
+from mv_orchestration_tests.conftest import PgServer
 
 DEADLINE_S = 30.0
 READER_APP = "mvo-test-reader"
@@ -119,12 +126,14 @@ class Reader:
         ).fetchone()
         return bool(row and row[0])
 
-    def join(self, deadline_s: float) -> float:
-        """Wait for the read to finish; the seconds it took."""
+    def join(self, deadline_s: float, *, may_fail: bool = False) -> float:
+        """Wait for the read to finish (or fail, when the server goes away and ``may_fail``);
+        the seconds it took."""
         assert self._thread is not None
         self._thread.join(deadline_s)
         assert self.finished is not None, f"the reader still waits after {deadline_s} s"
-        assert self.error is None, self.error
+        if not may_fail:
+            assert self.error is None, self.error
         return self.finished - self.started
 
 
@@ -146,3 +155,56 @@ def occupied_slots(instance: dg.DagsterInstance, pool: str) -> int:
         return 0
     info = storage.get_concurrency_info(pool)
     return int(info.active_slot_count)
+
+
+ROOT = Path(__file__).resolve().parents[2]
+MVO = str(Path(sys.executable).with_name("mvo"))
+
+
+@dataclass(frozen=True)
+class MvoEnv:
+    """Environment for real ``mvo`` processes: a database, a Dagster home and storage."""
+
+    env: dict[str, str]
+    home: Path
+
+    def start(self, *args: str, **overrides: str) -> subprocess.Popen[str]:
+        """Start ``mvo ARGS`` (output collected; read it with ``communicate``)."""
+        return subprocess.Popen(
+            [MVO, *args],
+            cwd=ROOT,
+            env={**os.environ, **self.env, **overrides},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    def instance(self) -> dg.DagsterInstance:
+        """The Dagster instance the ``mvo`` processes use (close it after use)."""
+        return dg.DagsterInstance.from_config(str(self.home))
+
+
+@pytest.fixture
+def mvo_env(
+    pg_server: PgServer,
+    db_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[MvoEnv]:
+    """``mvo`` settings for the test's database, with quick transient retries (1 s)."""
+    storage_db = f"dagster_{uuid.uuid4().hex[:8]}"
+    storage_url = pg_server.create_database(storage_db)
+    home = tmp_path / "dagster_home"
+    env = {
+        "DATABASE_URL": db_url,
+        "DAGSTER_HOME": str(home),
+        "MVO_DAGSTER_STORAGE_URL": storage_url.replace("postgresql://", "postgresql+psycopg2://"),
+        "MVO_STATE_DIR": str(tmp_path / "state"),
+        "MVO_RETRY_DELAY_S": "1",
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    try:
+        yield MvoEnv(env, home)
+    finally:
+        pg_server.drop_database(storage_db)

@@ -11,6 +11,7 @@ from typing import Any
 import dagster as dg
 import psycopg
 import pytest
+from psycopg import sql
 
 from mv_orchestration.core.catalog import read_catalog
 from mv_orchestration.demo.embedded import TemporaryServer
@@ -147,6 +148,52 @@ def test_failed_history_write_keeps_the_refresh(
         "SELECT view_name, count(*) FROM mvo.refresh_history GROUP BY 1 ORDER BY 1"
     ).fetchall()
     assert rows == [("mv_grand", 2), ("mv_sales", 1)]
+
+
+def test_history_that_cannot_be_created_never_stops_the_refresh(
+    db_url: str, shop: psycopg.Connection[Any], instance: dg.DagsterInstance
+) -> None:
+    """A role that owns its views but may not create a schema: the views refresh, and the
+    reason is exactly one line naming the schema, the error and the GRANT that fixes it."""
+    role = f"owner_{shop.info.backend_pid}"
+    shop.execute(sql.SQL("CREATE ROLE {r} LOGIN PASSWORD 'pw'").format(r=sql.Identifier(role)))
+    try:
+        shop.execute(sql.SQL("GRANT USAGE ON SCHEMA shop TO {r}").format(r=sql.Identifier(role)))
+        shop.execute(
+            sql.SQL("ALTER MATERIALIZED VIEW shop.mv_sales OWNER TO {r}").format(
+                r=sql.Identifier(role)
+            )
+        )
+        shop.execute(
+            sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA shop TO {r}").format(
+                r=sql.Identifier(role)
+            )
+        )
+        url = psycopg.conninfo.make_conninfo(db_url, user=role, password="pw")
+        job = make_defs(url, shop).resolve_implicit_global_asset_job_def()
+        shop.execute("INSERT INTO shop.orders (region, amount) VALUES ('apac', 7)")
+        result = job.execute_in_process(
+            instance=instance, asset_selection=[K(["shop", "mv_sales"])]
+        )
+        assert result.success
+        assert shop.execute("SELECT count(*) FROM shop.mv_sales").fetchone() == (3,)
+        lines = [
+            e.user_message
+            for e in instance.all_logs(result.run_id)
+            if "history" in (e.user_message or "")
+        ]
+        assert len(lines) == 1, lines
+        assert 'schema "mvo" could not be created' in lines[0]
+        assert "SQLSTATE 42501" in lines[0]
+        assert "GRANT CREATE ON DATABASE" in lines[0] and role in lines[0]
+        assert shop.execute("SELECT to_regnamespace('mvo')").fetchone() == (None,)
+    finally:
+        shop.execute(
+            sql.SQL("REASSIGN OWNED BY {r} TO CURRENT_USER; DROP OWNED BY {r}").format(
+                r=sql.Identifier(role)
+            )
+        )
+        shop.execute(sql.SQL("DROP ROLE {r}").format(r=sql.Identifier(role)))
 
 
 def test_failure_skips_downstream_and_reports_sqlstate(
