@@ -89,3 +89,60 @@ class LineageGraph:
             for ref in self.upstream_closure([mv])
             if not self.upstream.get(ref) and ref not in self.matviews
         }
+
+    def refresh_chunks(self, size: int) -> list[list[RelationRef]]:
+        """Every MV, in chunks of at most ``size`` (each in dependency order), such that no
+        dependency crosses two chunks unless its connected part of the graph alone holds more
+        than ``size`` MVs; then that part is cut along the dependency order, so a chunk only
+        ever depends on earlier chunks.
+
+        Connected: linked by a dependency between two MVs, directly or through plain views
+        (two MVs that only read the same table are independent).
+        """
+        if size < 1:
+            raise ValueError("chunk size must be at least 1")
+        position = {ref: i for i, ref in enumerate(self._order)}
+        parent: dict[RelationRef, RelationRef] = {}
+
+        def find(node: RelationRef) -> RelationRef:
+            root = node
+            while parent.get(root, root) != root:
+                root = parent[root]
+            while node != root:  # path compression
+                parent[node], node = root, parent.get(node, node)
+            return root
+
+        def derived(ref: RelationRef) -> bool:  # an MV or a view; not a table
+            return ref in self.matviews or bool(self.upstream.get(ref))
+
+        for node, ups in self.upstream.items():
+            if not derived(node):
+                continue
+            for up in ups:
+                if derived(up):
+                    a, b = find(node), find(up)
+                    if a != b:
+                        parent[max(a, b, key=position.__getitem__)] = min(
+                            a, b, key=position.__getitem__
+                        )
+        parts: dict[RelationRef, list[RelationRef]] = {}
+        for ref in self._order:
+            if ref in self.matviews:
+                parts.setdefault(find(ref), []).append(ref)
+        chunks: list[list[RelationRef]] = []
+        open_: list[list[RelationRef]] = []  # chunks with room left, oldest first
+        for part in parts.values():  # in order of each part's first MV
+            if len(part) > size:
+                pieces = [part[i : i + size] for i in range(0, len(part), size)]
+                chunks.extend(pieces)
+                open_.append(pieces[-1])
+                continue
+            home = next((c for c in open_ if len(c) + len(part) <= size), None)
+            if home is None:
+                home = []
+                chunks.append(home)
+                open_.append(home)
+            home.extend(part)  # unrelated to the rest of the chunk: any order is one
+            if len(home) == size:
+                open_.remove(home)
+        return chunks

@@ -22,6 +22,7 @@ from mv_orchestration.lib.refresh_step import RefreshPlan, RefreshStep
 from mv_orchestration.lib.translator import MvTranslator, safe_name
 
 PREVIEW_ROWS = 5
+CHUNK_VIEWS = 100
 _IDENTIFIER = re.compile(r"[A-Za-z0-9_]+")
 
 
@@ -51,8 +52,14 @@ def build_refresh_assets(
     preview_rows: int = PREVIEW_ROWS,
     history_schema: str | None = history.DEFAULT_SCHEMA,
     thresholds: Mapping[RelationRef, CheckThresholds] | None = None,
+    chunk_size: int = CHUNK_VIEWS,
 ) -> list[dg.AssetsDefinition | dg.AssetSpec]:
     """Asset definitions for one database: MVs (materializable) and their sources.
+
+    The MVs are outputs of one multi-asset per chunk of at most ``chunk_size`` MVs
+    (:meth:`LineageGraph.refresh_chunks`: connected views stay together). Dagster's cost of
+    each reported materialization grows with the number of outputs of its multi-asset, so
+    chunks keep a refresh of N views O(N) (docs/benchmarks.md, H).
 
     ``history_schema=None`` turns off the refresh history (and the success-rate check).
     ``thresholds`` sets each MV's check thresholds (defaults: :class:`CheckThresholds`).
@@ -79,16 +86,9 @@ def build_refresh_assets(
         ref: f"{safe_name('__'.join(spec.key.path))}_{i}"
         for i, (ref, spec) in enumerate(specs.items())
     }
-    outs = {names[ref]: _out_from_spec(spec) for ref, spec in specs.items()}
-    internal_deps = {names[ref]: {d.asset_key for d in spec.deps} for ref, spec in specs.items()}
-    own_keys = {spec.key for spec in specs.values()}
-    external_deps = sorted(
-        {d.asset_key for spec in specs.values() for d in spec.deps} - own_keys,
-        key=lambda k: tuple(k.path),
-    )
-
+    graph = LineageGraph(snapshot)
     plan = RefreshPlan(
-        graph=LineageGraph(snapshot),
+        graph=graph,
         mvs={mv.ref: mv for mv in snapshot.matviews},
         specs=specs,
         ref_by_key={spec.key: ref for ref, spec in specs.items()},
@@ -98,9 +98,40 @@ def build_refresh_assets(
         preview_rows=preview_rows,
         history_schema=history_schema,
     )
+    chunks = graph.refresh_chunks(chunk_size)
+    refreshers = [
+        _refresh_multi_asset(
+            plan,
+            chunk,
+            names,
+            name=safe_name(name if i == 0 else f"{name}_{i + 1}"),
+            pool=pool,
+        )
+        for i, chunk in enumerate(chunks)
+    ]
+    return [*sources, *refreshers]
+
+
+def _refresh_multi_asset(
+    plan: RefreshPlan,
+    refs: list[RelationRef],
+    names: Mapping[RelationRef, str],
+    *,
+    name: str,
+    pool: str | None,
+) -> dg.AssetsDefinition:
+    """One subsettable multi-asset refreshing ``refs`` (a chunk of the database's MVs)."""
+    specs = {ref: plan.specs[ref] for ref in refs}
+    outs = {names[ref]: _out_from_spec(spec) for ref, spec in specs.items()}
+    internal_deps = {names[ref]: {d.asset_key for d in spec.deps} for ref, spec in specs.items()}
+    own_keys = {spec.key for spec in specs.values()}
+    external_deps = sorted(
+        {d.asset_key for spec in specs.values() for d in spec.deps} - own_keys,
+        key=lambda k: tuple(k.path),
+    )
 
     @dg.multi_asset(
-        name=safe_name(name),
+        name=name,
         outs=outs,
         # Nothing-typed inputs with our own names: deps= would derive input names from keys,
         # which fails for names with spaces or quotes.
@@ -109,9 +140,9 @@ def build_refresh_assets(
             for i, key in enumerate(external_deps)
         },
         internal_asset_deps=internal_deps,
-        check_specs=[c for specs_ in checks.values() for c in specs_],
+        check_specs=[c for ref in refs for c in plan.checks[ref]],
         can_subset=True,
-        required_resource_keys={resource_key},
+        required_resource_keys={plan.resource_key},
         pool=pool,
         op_tags={"kind": "postgres"},
     )
@@ -120,4 +151,4 @@ def build_refresh_assets(
     ) -> Iterator[dg.MaterializeResult[Any]]:
         yield from RefreshStep(plan, context).run()
 
-    return [*sources, refresh_materialized_views]
+    return refresh_materialized_views

@@ -16,6 +16,7 @@ from psycopg import sql
 from mv_orchestration.core.catalog import read_catalog
 from mv_orchestration.demo.embedded import TemporaryServer
 from mv_orchestration.errors import CatalogError
+from mv_orchestration.lib.assets import build_refresh_assets
 from mv_orchestration.lib.defs import DatabaseTarget, build_definitions, default_translator
 from mv_orchestration.lib.resource import PostgresResource
 from mv_orchestration.lib.snapshot import load_snapshot
@@ -293,6 +294,40 @@ def test_lost_connection_is_retried_and_every_attempt_recorded(
         " ORDER BY started_at"
     ).fetchall()
     assert rows == [("failure", "57P01"), ("success", None)]
+
+
+def test_chunks_of_views_refresh_as_one_run(
+    db_url: str, shop: psycopg.Connection[Any], instance: dg.DagsterInstance
+) -> None:
+    """Several multi-assets per database (chunk_size 2): one run refreshes them all, and a
+    failing chunk does not stop the others."""
+    snapshot = read_catalog(shop, ["shop"])
+    assets = build_refresh_assets(
+        snapshot,
+        default_translator("default", prefix_with_alias=False),
+        name="refresh_default",
+        chunk_size=2,
+    )
+    refreshers = [a for a in assets if isinstance(a, dg.AssetsDefinition)]
+    assert len(refreshers) == 3
+    assert sorted(len(a.keys) for a in refreshers) == [1, 2, 2]
+    defs = dg.Definitions(
+        assets=assets,
+        resources={"postgres": PostgresResource(dsn=db_url)},
+        executor=dg.in_process_executor,
+    )
+    shop.execute("INSERT INTO shop.divisors VALUES (0)")  # mv_ratio fails
+    job = defs.resolve_implicit_global_asset_job_def()
+    result = job.execute_in_process(instance=instance, raise_on_error=False)
+    assert not result.success
+    done = {
+        e.asset_key for e in result.get_asset_materialization_events() if e.asset_key is not None
+    }
+    assert done == {
+        K(["shop", "mv_sales"]),
+        K(["shop", "mv_grand"]),
+        K(["shop", 'Customers "Total"']),
+    }
 
 
 def test_snapshot_cache_when_database_is_down(tmp_path: Path) -> None:
