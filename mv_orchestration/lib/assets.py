@@ -75,7 +75,12 @@ def build_refresh_assets(
     # Dagster names a check's output after the asset key, with no override, so an MV whose
     # name holds spaces or quotes cannot carry checks (it still refreshes and records history).
     checks = {
-        ref: check_specs(spec.key, limits[ref], with_history=history_schema is not None)
+        ref: check_specs(
+            spec.key,
+            limits[ref],
+            with_history=history_schema is not None,
+            concurrent=snapshot.matview(ref).has_usable_unique_index,
+        )
         if _IDENTIFIER.fullmatch(spec.key.to_python_identifier())
         else []
         for ref, spec in specs.items()

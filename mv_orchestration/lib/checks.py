@@ -85,9 +85,10 @@ class CheckThresholds:
 
 
 def check_specs(
-    key: dg.AssetKey, thresholds: CheckThresholds, *, with_history: bool
+    key: dg.AssetKey, thresholds: CheckThresholds, *, with_history: bool, concurrent: bool = True
 ) -> list[dg.AssetCheckSpec]:
-    """The check specs of one MV (``success_rate`` only when history is recorded)."""
+    """The check specs of one MV (``success_rate`` only when history is recorded);
+    ``concurrent``: whether the MV has a unique index that allows CONCURRENTLY."""
     specs = [
         dg.AssetCheckSpec(
             ROW_COUNT,
@@ -103,7 +104,14 @@ def check_specs(
         dg.AssetCheckSpec(
             REFRESH_METHOD,
             asset=key,
-            description="Refreshed CONCURRENTLY, without blocking readers.",
+            description=(
+                "Passes when a refresh runs CONCURRENTLY (readers are not blocked); warns when "
+                "it had to block readers, naming the unique index that would fix that."
+                if concurrent
+                else "Warns on each refresh that blocks readers: this view has no unique index "
+                "on plain columns, so it cannot be refreshed CONCURRENTLY; the warning names "
+                "an index that would fix that when one fits the data."
+            ),
         ),
     ]
     if with_history:

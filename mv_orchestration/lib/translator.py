@@ -20,6 +20,7 @@ from mv_orchestration.core.catalog import (
     Relation,
     RelationRef,
 )
+from mv_orchestration.core.refresh import choose_method
 from mv_orchestration.lib.policies import PolicyFile, ViewPolicy, freshness_policy
 
 _GROUP_SAFE = re.compile(r"[^A-Za-z0-9_]+")
@@ -105,11 +106,15 @@ class MvTranslator:
     # --- materialized views -------------------------------------------------------------------
     def get_mv_description(self, mv: MaterializedView) -> str:
         parts = [mv.comment.strip()] if mv.comment else []
-        method = (
-            "`REFRESH ... CONCURRENTLY` (readers are not blocked)"
-            if mv.has_usable_unique_index
-            else "plain `REFRESH` (blocks readers: no unique index on plain columns)"
-        )
+        if mv.has_usable_unique_index:
+            method = "`REFRESH ... CONCURRENTLY` (readers are not blocked)"
+        else:
+            method = "plain `REFRESH` (blocks readers: no unique index on plain columns)"
+        if not mv.populated:
+            method = (
+                "a plain first `REFRESH` (it is not populated yet, which CONCURRENTLY needs), "
+                f"then {method}"
+            )
         parts.append(f"Materialized view `{mv.qualname}`, refreshed with {method}.")
         parts.append(f"```sql\n{mv.definition.strip()}\n```")
         return "\n\n".join(parts)
@@ -139,7 +144,9 @@ class MvTranslator:
         return [f"team:{safe_name(owner_role)}"]
 
     def get_mv_tags(self, mv: MaterializedView) -> dict[str, str]:
-        return {"mvo/method": "concurrently" if mv.has_usable_unique_index else "blocking"}
+        # the method of the next refresh (an unpopulated view's first one is plain)
+        method = choose_method(mv.populated, mv.has_usable_unique_index, "auto")
+        return {"mvo/method": method}
 
     def get_mv_spec(self, mv: MaterializedView, snapshot: CatalogSnapshot) -> dg.AssetSpec:
         policy = self.get_policy(mv.ref)

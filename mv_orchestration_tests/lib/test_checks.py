@@ -197,3 +197,33 @@ def test_history_can_be_turned_off(
 def test_threshold_validation(values: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=__import__("re").escape(message)):
         CheckThresholds.from_mapping(values)
+
+
+def test_descriptions_and_tags_say_how_each_view_is_refreshed(
+    shop: psycopg.Connection[Any],
+) -> None:
+    shop.execute(
+        "CREATE MATERIALIZED VIEW shop.mv_new AS SELECT region FROM shop.orders WITH NO DATA;"
+        "CREATE UNIQUE INDEX ON shop.mv_new (region)"
+    )
+    assets = build_refresh_assets(read_catalog(shop, ["shop"]), MvTranslator(), name="refresh")
+    specs = {s.key: s for a in assets if isinstance(a, dg.AssetsDefinition) for s in a.specs}
+    checks = {c.key: c for a in assets if isinstance(a, dg.AssetsDefinition) for c in a.check_specs}
+
+    def method_check(view: str) -> str:
+        key = dg.AssetCheckKey(K(["shop", view]), "refresh_method")
+        return checks[key].description or ""
+
+    # a unique index: CONCURRENTLY, and its check says it passes when it runs so
+    assert specs[K(["shop", "mv_sales"])].tags["mvo/method"] == "concurrently"
+    assert method_check("mv_sales").startswith("Passes when a refresh runs CONCURRENTLY")
+    # no unique index: blocking, and its check says it will warn
+    big = specs[K(["shop", "mv_big"])]
+    assert big.tags["mvo/method"] == "blocking"
+    assert "blocks readers" in (big.description or "")
+    assert method_check("mv_big").startswith("Warns on each refresh that blocks readers")
+    # not populated yet: the first refresh is plain, whatever its indexes
+    new = specs[K(["shop", "mv_new"])]
+    assert new.tags["mvo/method"] == "initial"
+    assert "a plain first `REFRESH`" in (new.description or "")
+    assert "then `REFRESH ... CONCURRENTLY`" in (new.description or "")
