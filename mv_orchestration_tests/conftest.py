@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -52,10 +53,54 @@ class PgServer:
             )
 
 
+def server_major(conn: psycopg.Connection[Any]) -> int:
+    """The server's major version (``server_version_num`` // 10000)."""
+    return conn.info.server_version // 10000
+
+
+_STATS_TIMEOUT_S = 20.0
+
+
+def flush_stats(conn: psycopg.Connection[Any]) -> None:
+    """Make the statistics counters of everything ``conn`` committed visible to other sessions.
+
+    PostgreSQL 15+ keeps them in shared memory: ``pg_stat_force_next_flush()`` publishes them
+    when the session next goes idle, i.e. before this call returns. PostgreSQL 14 has no such
+    function: a session sends its counters to the statistics collector (at most every
+    500 ms, and only when it goes idle) and readers see the collector's last written file.
+    There a marker row is inserted into a new temporary table and the session keeps going
+    idle until it reads the marker's counter back; counters are sent and applied in order,
+    so every earlier write (and a ``pg_stat_reset()``) is then visible to any new reading
+    transaction.
+    """
+    if server_major(conn) >= 15:
+        conn.execute("SELECT pg_stat_force_next_flush()")
+        return
+    assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE, (
+        "flush_stats needs a session outside a transaction (autocommit)"
+    )
+    name = f"mvo_stats_marker_{uuid.uuid4().hex[:12]}"
+    marker = sql.Identifier(name)
+    conn.execute(sql.SQL("CREATE TEMP TABLE {} (x int)").format(marker))
+    conn.execute(sql.SQL("INSERT INTO pg_temp.{} VALUES (1)").format(marker))
+    row = conn.execute("SELECT to_regclass(%s)::oid", [f"pg_temp.{name}"]).fetchone()
+    assert row is not None and row[0] is not None
+    deadline = time.monotonic() + _STATS_TIMEOUT_S
+    # every statement ends a transaction, and going idle afterwards sends pending counters
+    while True:
+        seen = conn.execute("SELECT pg_stat_get_tuples_inserted(%s)", [row[0]]).fetchone()
+        if seen is not None and seen[0] >= 1:
+            break
+        if time.monotonic() > deadline:
+            raise AssertionError(f"statistics not visible after {_STATS_TIMEOUT_S:.0f} s")
+        time.sleep(0.05)
+    conn.execute(sql.SQL("DROP TABLE pg_temp.{}").format(marker))
+
+
 def flushed(conn: psycopg.Connection[Any], statement: str) -> None:
     """Run ``statement`` and make its statistics visible to other sessions at once."""
     conn.execute(statement)
-    conn.execute("SELECT pg_stat_force_next_flush()")
+    flush_stats(conn)
 
 
 @pytest.fixture(scope="session")

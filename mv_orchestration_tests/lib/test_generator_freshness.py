@@ -24,6 +24,7 @@ import pytest
 from dagster._core.test_utils import freeze_time
 
 from mv_orchestration.demo import data
+from mv_orchestration_tests.conftest import flush_stats
 from mv_orchestration_tests.lib.test_alerting import code_location
 
 K = dg.AssetKey
@@ -94,7 +95,7 @@ def test_change_driven_views_stay_fresh_and_idle_ones_are_not_refreshed(
 
         for minute in range(1, 13):
             assert data.insert_batch(generator, "llm_usage", rng) > 0
-            generator.execute("SELECT pg_stat_force_next_flush()")
+            flush_stats(generator)
             with freeze_time(t0 + timedelta(minutes=minute)):
                 before = {r.run_id for r in instance.get_runs()}
                 h.tick_sensors()

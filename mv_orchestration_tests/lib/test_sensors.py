@@ -1,6 +1,6 @@
 """The change sensor against a real PostgreSQL server and a real (temporary) Dagster instance.
 
-Every write is followed by ``pg_stat_force_next_flush()`` in the writing session, so the
+Every write is followed by ``flush_stats`` (see conftest) in the writing session, so the
 counters are visible to the sensor's own connection at once and no test sleeps.
 """
 
@@ -25,7 +25,7 @@ from mv_orchestration.lib.sensors import (
     build_change_sensor,
 )
 from mv_orchestration.lib.translator import MvTranslator
-from mv_orchestration_tests.conftest import flushed
+from mv_orchestration_tests.conftest import flush_stats, flushed
 
 DDL = """
 CREATE SCHEMA src;
@@ -244,7 +244,7 @@ def test_baseline_then_insert_refreshes_exactly_the_downstream_mvs(
 def _copy(conn: psycopg.Connection[Any]) -> None:
     with conn.cursor() as cur, cur.copy("COPY src.orders (region, amount) FROM STDIN") as copy:
         copy.write_row(("eu", 1))
-    conn.execute("SELECT pg_stat_force_next_flush()")
+    flush_stats(conn)
 
 
 def _sql(statement: str) -> Callable[[psycopg.Connection[Any]], None]:
@@ -284,7 +284,7 @@ def test_quoted_names(harness: Harness, writer: psycopg.Connection[Any]) -> None
 
 
 def test_stats_reset_counts_as_change(harness: Harness, writer: psycopg.Connection[Any]) -> None:
-    writer.execute("SELECT pg_stat_reset()")
+    flushed(writer, "SELECT pg_stat_reset()")
     assert harness.requested() == {SALES, GRAND, CUSTOMERS, EVENTS}
     assert harness.requested() == set()
 
@@ -301,7 +301,7 @@ def test_foreign_tables_never_trigger(
     first = everything.requested()
     assert first == {SALES, GRAND, CUSTOMERS, EVENTS}  # every MV with a fingerprint, no rates
     assert only_rates.requested() == set()
-    writer.execute("SELECT pg_stat_reset()")
+    flushed(writer, "SELECT pg_stat_reset()")
     flushed(writer, "INSERT INTO src.orders (region, amount) VALUES ('eu', 1)")
     assert only_rates.requested() == set()
     assert only_rates.cursor is None or only_rates.seen() == {}
