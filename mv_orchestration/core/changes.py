@@ -22,9 +22,12 @@ What moves a token:
 
 Limits, by design of the statistics system:
 
-* Counters reach other sessions late: a busy writer flushes them at most once a second, an
-  idle one within about 10 s, so a change may show one tick later. Tests call
-  ``SELECT pg_stat_force_next_flush()`` in the writing session.
+* Counters reach other sessions late: on PostgreSQL 15+ a busy writer flushes them at most
+  once a second, an idle one within about 10 s, so a change may show one tick later. On
+  PostgreSQL 14 a session sends them to the statistics collector when a transaction ends at
+  least 0.5 s after its previous send, or when it disconnects: the last writes of a session
+  that then stays idle show only once it runs another statement or disconnects. Tests make
+  the writing session publish them at once (``flush_stats`` in the tests' conftest).
 * Counters also count rows written by transactions that rolled back (a harmless extra
   refresh), and they live on the primary only: read fingerprints where you refresh.
 * Foreign tables and views have no counters and are never fingerprinted; MVs reading foreign
