@@ -98,7 +98,9 @@ for major in "${majors[@]}"; do
     rc=0
     PG_BINDIR=$bindir MVO_TEST_PG_MAJOR=$major MVO_TEST_DATABASE_URL='' \
         "$PY" -m pytest -q -p no:cacheprovider "${TESTS[@]}" >"$log" 2>&1 || rc=$?
-    summary=$(grep -E '^=+ .*(passed|failed|error|no tests ran).* =+$' "$log" | tail -1 || true)
+    # pytest's closing line, e.g. "3 failed, 160 passed, 4 skipped in 80.12s (0:01:20)"
+    summary=$(grep -E '^(=+ )?([0-9]+ [a-z]+|no tests ran)(, [0-9]+ [a-z]+)* in [0-9.]+s' "$log" |
+        tail -1 || true)
     read -r p f s e <<<"$(counts "$summary")"
     f=$((f + e))
     line="PostgreSQL $major: $p passed"

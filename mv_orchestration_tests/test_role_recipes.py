@@ -192,7 +192,15 @@ def test_recipe_with_create_on_the_database(
         "SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'mvo'"
     )
     assert owner.fetchone() == (app.refresher,)
-    # CREATE may be revoked after the first refresh: the history keeps being written
+
+
+def test_create_may_be_revoked_after_the_first_refresh(
+    app: App, storage_url: str, tmp_path: Path
+) -> None:
+    app.run_recipe("owner-member")
+    app.run_recipe("history-create")
+    refresh_all(app, storage_url, tmp_path)
+    assert len(history_rows(app.admin)) == 2
     app.admin.execute(
         sql.SQL("REVOKE CREATE ON DATABASE {} FROM {}").format(
             sql.Identifier(app.dbname), sql.Identifier(app.refresher)
