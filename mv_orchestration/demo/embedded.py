@@ -149,13 +149,16 @@ def _install_fingerprint(install: Path) -> str:
 
 
 def _can_run(bindir: Path, user: _OsUser) -> bool:
-    proc = subprocess.run(
-        [str(bindir / "postgres"), "--version"],
-        preexec_fn=_demote(user, die_with_parent=False),
-        capture_output=True,
-        check=False,
-        cwd="/",
-    )
+    try:
+        proc = subprocess.run(
+            [str(bindir / "postgres"), "--version"],
+            preexec_fn=_demote(user, die_with_parent=False),
+            capture_output=True,
+            check=False,
+            cwd="/",
+        )
+    except PermissionError:  # the exec itself was refused: a folder on the way is closed to user
+        return False
     return proc.returncode == 0
 
 
