@@ -22,6 +22,7 @@ TESTS=(
     mv_orchestration_tests/lib/test_assets.py
     mv_orchestration_tests/lib/test_checks.py
     mv_orchestration_tests/test_role_recipes.py
+    mv_orchestration_tests/test_lock_timeout_cli.py
 )
 declare -A WHEEL=([14]=14.23.0 [16]=16.15.0 [17]=17.11.0)
 
