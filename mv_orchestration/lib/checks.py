@@ -198,6 +198,17 @@ def duration_check(
     )
 
 
+def success_rate_unknown(key: dg.AssetKey, why: str) -> dg.AssetCheckResult:
+    """The success-rate check when the history could not be read (a WARN, saying why)."""
+    return dg.AssetCheckResult(
+        asset_key=key,
+        check_name=SUCCESS_RATE,
+        passed=False,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=f"success rate unknown: {why}",
+    )
+
+
 def success_rate_check(
     key: dg.AssetKey, *, successes: int, total: int, t: CheckThresholds
 ) -> dg.AssetCheckResult:

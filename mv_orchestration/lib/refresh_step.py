@@ -46,6 +46,7 @@ from mv_orchestration.lib.checks import (
     method_check,
     row_count_check,
     success_rate_check,
+    success_rate_unknown,
     suggest_unique_index,
 )
 from mv_orchestration.lib.resource import PostgresResource, run_id_of_application
@@ -394,10 +395,11 @@ class RefreshStep:
         out.append(method_check(key, mv, result, suggestion))
         if self.plan.history_schema is not None:
             stats = self._stats(conn, ref, t)
-            if stats is not None:
-                out.append(
-                    success_rate_check(key, successes=stats.successes, total=stats.total, t=t)
-                )
+            out.append(
+                success_rate_unknown(key, "the refresh history could not be read (see the run log)")
+                if stats is None
+                else success_rate_check(key, successes=stats.successes, total=stats.total, t=t)
+            )
         return out
 
     def _stats(
