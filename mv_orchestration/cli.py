@@ -419,6 +419,7 @@ def refresh(
     import dagster as dg
 
     from mv_orchestration.definitions import build_from_settings
+    from mv_orchestration.interrupt import execute_interruptibly
     from mv_orchestration.settings import Settings
 
     if not (views or groups or all_views):
@@ -443,7 +444,9 @@ def refresh(
         job = job.with_logger_defs({"mvo": mvo_progress})
         click.echo(f"refreshing {len(selected)} view(s) through Dagster ...", err=True)
         with dg.DagsterInstance.get() as instance:
-            result = job.execute_in_process(
+            # SIGINT/SIGTERM cancel the run (and exit) in any state: mv_orchestration/interrupt.py
+            result = execute_interruptibly(
+                job,
                 instance=instance,
                 asset_selection=selected,
                 raise_on_error=False,
