@@ -7,8 +7,6 @@ import functools
 import json
 import logging
 import os
-import signal
-import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -304,27 +302,22 @@ def dev(host: str, port: int, reload_demo: bool, scale: float, generate: bool) -
     # Run from DAGSTER_HOME so Dagster doesn't warn about the project's dagster.yaml in the
     # working directory; the workspace path is absolute and the state dir is pinned.
     env["MVO_STATE_DIR"] = str(_state_dir())
-    proc = subprocess.Popen(
-        cmd,
-        env={**os.environ, **env},
-        cwd=env["DAGSTER_HOME"],
-        # A shell starts background jobs with SIGINT ignored, and that survives exec; give
-        # dagster dev a working Ctrl-C whatever started us.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
 
-    def forward(signum: int, frame: object) -> None:
-        # `kill`, a closed terminal or a service manager: shut dagster dev down cleanly too,
-        # so no webserver or daemon is left holding the port.
-        proc.send_signal(signal.SIGTERM)
+    @contextmanager
+    def instance() -> Iterator[Any]:
+        import dagster as dg
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGHUP, forward)
+        with _env(**env), dg.DagsterInstance.get() as inst:
+            yield inst
+
+    from mv_orchestration.devserver import run_dagster_dev
+
     try:
-        code = proc.wait()
-    except KeyboardInterrupt:
-        proc.send_signal(signal.SIGINT)
-        code = proc.wait()
+        # Ctrl-C, `kill`, a closed terminal: runs in flight are terminated through Dagster
+        # before dagster dev stops (mv_orchestration/devserver.py)
+        code = run_dagster_dev(
+            cmd, env={**os.environ, **env}, cwd=env["DAGSTER_HOME"], open_instance=instance
+        )
     finally:
         stop.set()
         if gen is not None:
