@@ -8,7 +8,7 @@ monitoring daemon only times out runs that never start or never finish cancellin
 whose code server died with it (``dagster dev`` killed, a code server container replaced)
 stayed STARTED for ever. This launcher answers the daemon's ``check_run_worker_health``:
 
-* a run started by a code server (Dagster's ``dagster/grpc_info`` tag names the server):
+* a run started by a code server (Dagster's ``.dagster/grpc_info`` tag names the server):
   RUNNING while that server answers — a live server reports its own dead workers as failed
   (Dagster's orphan check) — and FAILED once it has refused connections for
   :data:`UNREACHABLE_GRACE_S` (gone, and its workers with it); a server that answers slowly
@@ -43,8 +43,9 @@ from typing import Any
 import dagster as dg
 from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
 
-# Dagster's tag naming the code server that launched a run (dagster._core.storage.tags).
-GRPC_INFO_TAG = "dagster/grpc_info"
+# Dagster's (hidden) tag naming the code server that launched a run: GRPC_INFO_TAG in
+# dagster._core.storage.tags.
+GRPC_INFO_TAG = ".dagster/grpc_info"
 # "host:pidns:pid:start" of the process executing a run in process (mvo refresh).
 WORKER_TAG = "mvo/worker"
 # A code server that refused connections for this long is gone (a refused connection, not a
@@ -199,7 +200,7 @@ class MvoRunLauncher(dg.DefaultRunLauncher):
 
 
 def _server_refuses(grpc_info: str) -> bool | None:
-    """True when the code server in a ``dagster/grpc_info`` tag refuses connections (none
+    """True when the code server in a ``.dagster/grpc_info`` tag refuses connections (none
     listens there), False when it answers, None when that cannot be told (a timeout)."""
     from dagster._grpc.client import DagsterGrpcClient
 

@@ -245,6 +245,101 @@ def test_a_signal_behind_a_refresh_holding_the_only_slot_cancels_only_its_own_ru
     assert [(r["status"], r["run_id"]) for r in history_rows(conn)] == [("cancelled", running)]
 
 
+def _ended_and_freed(
+    instance: dg.DagsterInstance, run_id: str, *statuses: dg.DagsterRunStatus
+) -> None:
+    """From a start whose UI just answered: run monitoring ends ``run_id`` (its worker is
+    gone) within the change sensor's interval, and frees the slot it held. Dagster frees a
+    slot 5 s after the run was last updated, and run retries update a failed run when they
+    re-run it: the slot may take a little longer than the run."""
+    up = time.monotonic()
+
+    def ended() -> bool:
+        current = instance.get_run_by_id(run_id)
+        return current is not None and current.status in statuses
+
+    names = " or ".join(s.value for s in statuses)
+    wait_until(ended, f"run monitoring to mark the run {names}", SENSOR_INTERVAL_S)
+    wait_until(
+        lambda: occupied_slots(instance, POOL) == 0, "its slot to be freed", 2 * SENSOR_INTERVAL_S
+    )
+    print(f"run ended and slot freed {time.monotonic() - up:.1f} s after the UI answered")
+
+
+def _dagster_dev_pid(mvo_dev: int) -> int:
+    """The ``dagster dev`` child of a ``mvo dev`` process (from /proc)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError):
+            continue
+        if int(stat[1]) == mvo_dev and b"dagster" in cmdline and b"dev" in cmdline:
+            return int(entry)
+    raise AssertionError(f"no dagster dev under pid {mvo_dev}")
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live processes (not zombies) of process group ``pgid``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(stat[2]) == pgid and stat[0] not in ("Z", "X"):
+            found.append(int(entry))
+    return found
+
+
+@pytest.mark.e2e
+def test_a_second_sigint_kills_at_once_and_the_next_start_ends_the_orphaned_run(
+    slow_view: psycopg.Connection[Any], mvo_env: MvoEnv, tmp_path: Path
+) -> None:
+    """Ctrl-C twice: no time to terminate the run. Its worker dies with the code server, the
+    run stays STARTED holding its slot; the next start's run monitoring (lib/launcher.py:
+    the code server that ran it refuses connections) fails it and frees the slot."""
+    conn = slow_view
+    make_slow(conn, 20)
+    before = view_sum(conn)
+    log = tmp_path / "dev1.log"
+    with _dev(mvo_env, log) as (proc, dev):
+        run_id = dev.launch("faults.slow_mv")
+        wait_until(lambda: refresh_active(conn), "the refresh to run", 120)
+        dagster_dev = _dagster_dev_pid(proc.pid)
+        os.killpg(proc.pid, signal.SIGINT)
+        wait_until(lambda: "stopping (Ctrl-C again" in log.read_text(), "the stop to begin", 10)
+        sent = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)
+        code = proc.wait(timeout=10)
+        assert time.monotonic() - sent < ANSWER_S
+    assert code == 128 + signal.SIGINT, log.read_text()[-3000:]
+    assert "Traceback" not in log.read_text()
+    wait_until(lambda: not _group_members(dagster_dev), "every Dagster process to be gone", 5)
+    # the server ends the statement of a client that is gone (client_connection_check_interval)
+    wait_until(lambda: not refreshes_running(conn), "the server to end the refresh", 10)
+    with mvo_env.instance() as instance:
+        stuck = instance.get_run_by_id(run_id)
+        assert stuck is not None
+        assert stuck.status in (dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING)
+    make_slow(conn, 0)  # Dagster's run retries may re-run the failed run: quickly
+    log2 = tmp_path / "dev2.log"
+    with _dev(mvo_env, log2) as (proc2, dev2), mvo_env.instance() as instance:
+        # FAILURE (its code server is gone), or CANCELED if its termination had been asked
+        # (cancel_timeout_seconds)
+        _ended_and_freed(
+            instance, run_id, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED
+        )
+        again = dev2.launch("faults.slow_mv")
+        assert dev2.finished(again) == "SUCCESS"
+        _stop_dev(proc2, signal.SIGINT, log2)
+    assert view_sum(conn) == _source_sum(conn) != before
+
+
 @pytest.mark.e2e
 def test_a_killed_refresh_is_failed_by_run_monitoring_and_its_slot_freed(
     slow_view: psycopg.Connection[Any], mvo_env: MvoEnv, tmp_path: Path
@@ -268,19 +363,10 @@ def test_a_killed_refresh_is_failed_by_run_monitoring_and_its_slot_freed(
         assert occupied_slots(instance, POOL) == 1  # nothing else would ever free it
         health = instance.run_launcher.check_run_worker_health(stuck)
         assert health.status == WorkerStatus.FAILED, health
+    make_slow(conn, 0)
     log = tmp_path / "dev.log"
     with _dev(mvo_env, log) as (dev_proc, dev), mvo_env.instance() as instance:
-        up = time.monotonic()
-
-        def ended_and_freed() -> bool:
-            current = instance.get_run_by_id(run.run_id)
-            failed = current is not None and current.status == dg.DagsterRunStatus.FAILURE
-            return failed and occupied_slots(instance, POOL) == 0
-
-        wait_until(ended_and_freed, "run monitoring to fail the run and free its slot", 60)
-        took = time.monotonic() - up
-        assert took < SENSOR_INTERVAL_S, f"{took:.1f} s"
-        make_slow(conn, 0)
+        _ended_and_freed(instance, run.run_id, dg.DagsterRunStatus.FAILURE)
         again = dev.launch("faults.slow_mv")
         assert dev.finished(again) == "SUCCESS"
         _stop_dev(dev_proc, signal.SIGINT, log)
