@@ -371,3 +371,27 @@ def test_a_killed_refresh_is_failed_by_run_monitoring_and_its_slot_freed(
         assert dev.finished(again) == "SUCCESS"
         _stop_dev(dev_proc, signal.SIGINT, log)
     assert view_sum(conn) == _source_sum(conn) != before
+
+
+def test_terminate_in_the_ui_reaches_a_run_of_mvo_refresh(
+    slow_view: psycopg.Connection[Any], mvo_env: MvoEnv
+) -> None:
+    """No code server runs it: the launcher sends its process SIGTERM (lib/launcher.py),
+    what the UI's Terminate calls (run_coordinator.cancel_run)."""
+    conn = slow_view
+    make_slow(conn, 20)
+    proc = mvo_env.start("refresh", "faults.slow_mv")
+    wait_until(lambda: refresh_active(conn), "the refresh to run", 60)
+    with mvo_env.instance() as instance:
+        [run] = instance.get_runs()
+        assert instance.run_coordinator.cancel_run(run.run_id)
+        code = proc.wait(timeout=ANSWER_S + 1)
+        ended = time.monotonic()
+        out = proc.communicate()[0]
+        assert code == 128 + signal.SIGTERM, out
+        assert _interrupted_run(out, "SIGTERM") == run.run_id
+        wait_until(lambda: not refreshes_running(conn), "no refresh left", _left(ended))
+        current = instance.get_run_by_id(run.run_id)
+        assert current is not None and current.status == dg.DagsterRunStatus.CANCELED
+        assert occupied_slots(instance, POOL) == 0
+    assert [r["status"] for r in history_rows(conn)] == ["cancelled"]
