@@ -46,7 +46,7 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 import dagster as dg
@@ -127,16 +127,14 @@ def execute_interruptibly(
         watch.stop(watcher)
         signal.set_wakeup_fd(previous_fd)
         for signum, handler in previous.items():
-            signal.signal(signum, handler)
+            if handler is not None:  # None: installed outside Python, cannot be restored
+                signal.signal(signum, handler)
         os.close(read_fd)
         os.close(write_fd)
     if watch.signum is not None:
         # Everything is recorded and printed: exit now. Tearing down an interpreter that
         # loaded Dagster takes seconds, longer than a signal should wait.
-        code = watch.finish()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        watch.exit()
     assert result is not None
     return result
 
@@ -309,6 +307,10 @@ class _Watch:
 
     def _exit_now(self) -> None:
         """From the watcher: the run did not end in time, or a second signal came."""
+        self.exit()
+
+    def exit(self) -> NoReturn:
+        """:meth:`finish`, then leave the process at once with its exit code."""
         self.signum = self.signum or signal.SIGTERM
         code = 128 + self.signum
         try:
