@@ -9,13 +9,12 @@ Nothing here runs at import time: Dagster calls :func:`defs` when it loads the c
 Where the code location is *defined* (a code server, ``dagster dev``, the ``mvo`` commands),
 the catalog is read and stored in the state directory; a database that cannot be reached
 then shows its last stored catalog. The catalog travels with the definitions as Dagster's
-reconstruction metadata, so a run worker, which *reconstructs* them, uses exactly the
-catalog the code server had and never reads it again.
+reconstruction metadata (stored with each run), so a run worker, which *reconstructs* them,
+uses exactly the catalog the code server had and never reads it again.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 
 import dagster as dg
@@ -73,35 +72,42 @@ def component_from_settings(settings: Settings) -> PostgresMaterializedViews:
 
 def load_catalog(settings: Settings) -> CatalogSnapshot:
     """The catalog to build from: in a run worker, the one the code server passed along
-    (else the last stored one); elsewhere, a fresh read, stored for when the database is
-    unreachable (``lib.snapshot.load_snapshot``)."""
+    (else the last stored one), never a new read; elsewhere, a fresh read, stored for when
+    the database is unreachable (``lib.snapshot.load_snapshot``). Either way it is passed on
+    as the definitions' reconstruction metadata."""
     cache_dir = settings.state_dir / "catalog"
     context = DefinitionsLoadContext.get()
+    snapshot: CatalogSnapshot | None = None
     if context.load_type == DefinitionsLoadType.RECONSTRUCTION:
         passed = context.reconstruction_metadata.get(CATALOG_METADATA_KEY)
         if isinstance(passed, str):
-            return CatalogSnapshot.from_json(passed)
-        path = cache_file(
-            cache_dir,
-            settings.alias,
-            settings.database_url,
-            settings.schemas,
-            settings.exclude_schemas,
-        )
-        stored = read_state(path)
-        if stored is None:
-            raise CatalogError(
-                "this run's definitions came with no catalog and none is stored in "
-                f"{cache_dir}: reload the code location, then launch the run again"
+            snapshot = CatalogSnapshot.from_json(passed)
+        else:
+            path = cache_file(
+                cache_dir,
+                settings.alias,
+                settings.database_url,
+                settings.schemas,
+                settings.exclude_schemas,
             )
-        return stored
-    return load_snapshot(
-        settings.database_url,
-        alias=settings.alias,
-        schemas=settings.schemas,
-        exclude_schemas=settings.exclude_schemas,
-        cache_dir=cache_dir,
+            snapshot = read_state(path)
+            if snapshot is None:
+                raise CatalogError(
+                    "this run's definitions came with no catalog and none is stored in "
+                    f"{cache_dir}: reload the code location, then launch the run again"
+                )
+    else:
+        snapshot = load_snapshot(
+            settings.database_url,
+            alias=settings.alias,
+            schemas=settings.schemas,
+            exclude_schemas=settings.exclude_schemas,
+            cache_dir=cache_dir,
+        )
+    context.add_to_pending_reconstruction_metadata(
+        CATALOG_METADATA_KEY, snapshot.to_json(indent=None)
     )
+    return snapshot
 
 
 def build_from_settings(
@@ -113,15 +119,9 @@ def build_from_settings(
     variables.
     """
     snapshot = load_catalog(settings)
-    defs = component_from_settings(settings).build_definitions(
+    return component_from_settings(settings).build_definitions(
         snapshot, environ=environ, names=ENV_SETTING_NAMES, alert_sensor_prefix="mvo"
     )
-    with warnings.catch_warnings():
-        # preview in Dagster 1.13: its state-backed components pass their state the same way
-        warnings.simplefilter("ignore", dg.PreviewWarning)
-        return defs.with_reconstruction_metadata(
-            {CATALOG_METADATA_KEY: snapshot.to_json(indent=None)}
-        )
 
 
 @dg.definitions
