@@ -56,6 +56,7 @@ from mv_orchestration.settings import (
 
 __all__ = [
     "DatabaseUrlError",
+    "DatabaseUrlUnsetError",
     "GroupRules",
     "HistorySettings",
     "PostgresMaterializedViews",
@@ -79,6 +80,10 @@ _NO_REFRESH: ContextVar[bool] = ContextVar("mvo_no_refresh", default=False)
 
 class DatabaseUrlError(ConfigError, ResolutionException):
     """A ``database_url`` that may not be used; Dagster shows its one line as it is."""
+
+
+class DatabaseUrlUnsetError(ConfigError):
+    """The environment variable ``database_url`` names is not set where the catalog is read."""
 
 
 def resolve_database_url(context: dg.ResolutionContext, raw: str) -> str:
@@ -340,7 +345,7 @@ class PostgresMaterializedViews(dg.StateBackedComponent, dg.Resolvable):
             name = self.database_url.env_var_name
             value = (os.environ.get(name) or "").strip()
             if not value:
-                raise ConfigError(
+                raise DatabaseUrlUnsetError(
                     f"{self.label}: database_url names environment variable {name}, "
                     "which is not set"
                 )
@@ -373,10 +378,11 @@ class PostgresMaterializedViews(dg.StateBackedComponent, dg.Resolvable):
         """Dagster's: refresh the state first where it does so on load (``dagster dev``, the
         ``dg`` commands), then build from it. A database that cannot be reached then leaves
         its last state in place, with a warning: its assets stay visible (their runs fail
-        with the connection error), and the other components load as usual."""
+        with the connection error), and the other components load as usual. So does an
+        unset ``database_url`` variable (a build step that has no credentials)."""
         try:
             return super().build_defs(context)
-        except DatabaseUnreachableError as exc:
+        except (DatabaseUnreachableError, DatabaseUrlUnsetError) as exc:
             log.warning(
                 "%s; showing the last state read (refresh it with: dg utils refresh-defs-state)",
                 exc,
@@ -384,7 +390,7 @@ class PostgresMaterializedViews(dg.StateBackedComponent, dg.Resolvable):
         try:
             with _state_not_refreshed():
                 return super().build_defs(context)
-        except DatabaseUnreachableError:
+        except (DatabaseUnreachableError, DatabaseUrlUnsetError):
             # state kept only in the code server (LEGACY_CODE_SERVER_SNAPSHOTS): none to show
             log.warning("%s: no state to show until its database can be reached", self.label)
             return dg.Definitions()
