@@ -103,8 +103,15 @@ def test_two_databases_each_with_their_own_names_and_state(
     monkeypatch.setenv("APP_DB_URL", db_url)
     monkeypatch.setenv("WAREHOUSE_URL", second_db)
     monkeypatch.delenv("DAGSTER_IS_DEV_CLI", raising=False)
-    _instance(sandbox, "app_db", "APP_DB_URL")
-    _instance(sandbox, "warehouse", "WAREHOUSE_URL", history={"schema": "wh_history"})
+    monkeypatch.setenv("MVO_TEST_WH_ALERTS", "json://127.0.0.1:9/warehouse")
+    _instance(sandbox, "app_db", "APP_DB_URL", alerts=["json://127.0.0.1:9/app"])
+    _instance(
+        sandbox,
+        "warehouse",
+        "WAREHOUSE_URL",
+        history={"schema": "wh_history"},
+        alerts=[{"env": "MVO_TEST_WH_ALERTS"}],
+    )
 
     # no state yet: no assets, and a line saying how to read it
     with caplog.at_level(logging.WARNING, "mv_orchestration"), sandbox.build_all_defs() as defs:
@@ -136,6 +143,9 @@ def test_two_databases_each_with_their_own_names_and_state(
         assert {"mvo_history_retention_app_db", "mvo_history_retention_warehouse"} <= jobs
         purge = defs.resolve_job_def("mvo_history_retention_warehouse")
         assert "wh_history" in (purge.description or "")
+        sensors = {s.name for s in defs.sensors or []}
+        # alerts of their own (no freshness policies here: no freshness alerts)
+        assert sensors == {"mvo_app_db_refresh_failures", "mvo_warehouse_refresh_failures"}
 
 
 def test_a_run_worker_reads_no_catalog(
