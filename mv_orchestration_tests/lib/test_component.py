@@ -104,7 +104,8 @@ def test_two_databases_each_with_their_own_names_and_state(
     monkeypatch.setenv("WAREHOUSE_URL", second_db)
     monkeypatch.delenv("DAGSTER_IS_DEV_CLI", raising=False)
     monkeypatch.setenv("MVO_TEST_WH_ALERTS", "json://127.0.0.1:9/warehouse")
-    _instance(sandbox, "app_db", "APP_DB_URL", alerts=["json://127.0.0.1:9/app"])
+    hourly = {"defaults": {"schedules": [{"cron": "0 * * * *", "timezone": "UTC"}]}}
+    _instance(sandbox, "app_db", "APP_DB_URL", alerts=["json://127.0.0.1:9/app"], policies=hourly)
     _instance(
         sandbox,
         "warehouse",
@@ -144,6 +145,9 @@ def test_two_databases_each_with_their_own_names_and_state(
         purge = defs.resolve_job_def("mvo_history_retention_warehouse")
         assert "wh_history" in (purge.description or "")
         sensors = {s.name for s in defs.sensors or []}
+        # the inline policies: app_db's views hourly, with a schedule of its own name
+        (hourly_schedule,) = [s for s in defs.schedules or [] if "retention" not in s.name]
+        assert hourly_schedule.name.startswith("mvo_app_db_")
         # alerts of their own (no freshness policies here: no freshness alerts)
         assert sensors == {"mvo_app_db_refresh_failures", "mvo_warehouse_refresh_failures"}
 
