@@ -6,15 +6,17 @@ definitions come from the same build function
 (:meth:`~mv_orchestration.lib.component.PostgresMaterializedViews.build_definitions`).
 
 Nothing here runs at import time: Dagster calls :func:`defs` when it loads the code location.
-Where the code location is *defined* (a code server, ``dagster dev``, the ``mvo`` commands),
-the catalog is read and stored in the state directory; a database that cannot be reached
-then shows its last stored catalog. The catalog travels with the definitions as Dagster's
-reconstruction metadata (stored with each run), so a run worker, which *reconstructs* them,
-uses exactly the catalog the code server had and never reads it again.
+Where the code location is *defined* (a code server, ``dagster dev``; the ``mvo`` commands
+through :func:`build_from_settings`), the catalog is read and stored in the state
+directory; a database that cannot be reached then shows its last stored catalog. From
+:func:`defs` the catalog travels with the definitions as Dagster's reconstruction metadata
+(stored with each run), so a run worker, which *reconstructs* them, uses exactly the
+catalog the code server had and never reads it again.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
 import dagster as dg
@@ -27,18 +29,16 @@ from dagster._core.definitions.definitions_load_context import (
 )
 
 from mv_orchestration.core.catalog import CatalogSnapshot
-from mv_orchestration.errors import CatalogError
 from mv_orchestration.lib.component import (
     ENV_SETTING_NAMES,
     HistorySettings,
     PostgresMaterializedViews,
     RefreshSettings,
 )
-from mv_orchestration.lib.snapshot import cache_file, load_snapshot, read_state
+from mv_orchestration.lib.snapshot import cache_file, load_snapshot
 from mv_orchestration.settings import Settings
 
-# the reconstruction metadata entry holding the catalog the definitions were built from
-CATALOG_METADATA_KEY = "mv_orchestration/catalog"
+log = logging.getLogger("mv_orchestration")
 
 
 def component_from_settings(settings: Settings) -> PostgresMaterializedViews:
@@ -70,55 +70,60 @@ def component_from_settings(settings: Settings) -> PostgresMaterializedViews:
     )
 
 
-def load_catalog(settings: Settings) -> CatalogSnapshot:
-    """The catalog to build from: in a run worker, the one the code server passed along
-    (else the last stored one), never a new read; elsewhere, a fresh read, stored for when
-    the database is unreachable (``lib.snapshot.load_snapshot``). Either way it is passed on
-    as the definitions' reconstruction metadata."""
-    cache_dir = settings.state_dir / "catalog"
+def read_catalog(settings: Settings) -> CatalogSnapshot:
+    """A fresh read of the catalog, stored for when the database is unreachable (then the
+    last stored one, ``lib.snapshot.load_snapshot``)."""
+    return load_snapshot(
+        settings.database_url,
+        alias=settings.alias,
+        schemas=settings.schemas,
+        exclude_schemas=settings.exclude_schemas,
+        cache_dir=settings.state_dir / "catalog",
+    )
+
+
+def catalog_for_this_load(settings: Settings) -> CatalogSnapshot:
+    """The catalog Dagster's load of the code location builds from: in a run worker, the one
+    the code server passed along, never a new read; elsewhere :func:`read_catalog`. Either
+    way it is passed on as the definitions' reconstruction metadata, under a key naming the
+    database and schema selection (as the stored file's name does), so a catalog is never
+    taken for another database's."""
+    stored = cache_file(
+        settings.state_dir / "catalog",
+        settings.alias,
+        settings.database_url,
+        settings.schemas,
+        settings.exclude_schemas,
+    )
+    key = f"mv_orchestration/{stored.stem}"
     context = DefinitionsLoadContext.get()
     snapshot: CatalogSnapshot | None = None
     if context.load_type == DefinitionsLoadType.RECONSTRUCTION:
-        passed = context.reconstruction_metadata.get(CATALOG_METADATA_KEY)
+        passed = context.reconstruction_metadata.get(key)
         if isinstance(passed, str):
             snapshot = CatalogSnapshot.from_json(passed)
-        else:
-            path = cache_file(
-                cache_dir,
-                settings.alias,
-                settings.database_url,
-                settings.schemas,
-                settings.exclude_schemas,
-            )
-            snapshot = read_state(path)
-            if snapshot is None:
-                raise CatalogError(
-                    "this run's definitions came with no catalog and none is stored in "
-                    f"{cache_dir}: reload the code location, then launch the run again"
-                )
-    else:
-        snapshot = load_snapshot(
-            settings.database_url,
-            alias=settings.alias,
-            schemas=settings.schemas,
-            exclude_schemas=settings.exclude_schemas,
-            cache_dir=cache_dir,
-        )
-    context.add_to_pending_reconstruction_metadata(
-        CATALOG_METADATA_KEY, snapshot.to_json(indent=None)
-    )
+        else:  # a code server of an older version passed none
+            log.warning("no catalog came with this run's definitions: reading it")
+    if snapshot is None:
+        snapshot = read_catalog(settings)
+    context.add_to_pending_reconstruction_metadata(key, snapshot.to_json(indent=None))
     return snapshot
 
 
 def build_from_settings(
-    settings: Settings, environ: Mapping[str, str] | None = None
+    settings: Settings,
+    environ: Mapping[str, str] | None = None,
+    *,
+    snapshot: CatalogSnapshot | None = None,
 ) -> dg.Definitions:
-    """Definitions for the database in ``settings`` (see the README's Configuration).
+    """Definitions for the database in ``settings`` (see the README's Configuration), from
+    ``snapshot`` (default: a fresh read of the catalog, as the ``mvo`` commands want).
 
     ``environ`` (default: the process environment) resolves the policy file's alert
     variables.
     """
-    snapshot = load_catalog(settings)
+    if snapshot is None:
+        snapshot = read_catalog(settings)
     return component_from_settings(settings).build_definitions(
         snapshot, environ=environ, names=ENV_SETTING_NAMES, alert_sensor_prefix="mvo"
     )
@@ -126,4 +131,5 @@ def build_from_settings(
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    return build_from_settings(Settings.from_env())
+    settings = Settings.from_env()
+    return build_from_settings(settings, snapshot=catalog_for_this_load(settings))

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import dagster as dg
 import psycopg
@@ -23,10 +24,9 @@ from dagster._core.definitions.definitions_load_context import (
 from dagster._utils.test.definitions import scoped_reconstruction_metadata
 from dagster.components.testing import DefsFolderSandbox, create_defs_folder_sandbox
 
-from mv_orchestration.definitions import build_from_settings
+from mv_orchestration.definitions import defs as stand_alone_defs
 from mv_orchestration.demo.embedded import TemporaryServer
 from mv_orchestration.lib.component import DatabaseUrlError, PostgresMaterializedViews
-from mv_orchestration.settings import Settings
 from mv_orchestration_tests.conftest import PgServer
 
 DDL = """
@@ -181,7 +181,7 @@ def test_a_run_worker_reads_no_catalog(
 
 
 def test_the_stand_alone_run_worker_reads_no_catalog(
-    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    pg_server: PgServer, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _shop(db_url)
     monkeypatch.setenv("DATABASE_URL", db_url)
@@ -189,14 +189,17 @@ def test_the_stand_alone_run_worker_reads_no_catalog(
     for name in ("MVO_SCHEMAS", "MVO_EXCLUDE_SCHEMAS", "MVO_POLICIES", "MVO_HISTORY_SCHEMA"):
         monkeypatch.delenv(name, raising=False)
     with _loading_as(DefinitionsLoadType.INITIALIZATION) as loading:
-        defs = build_from_settings(Settings.from_env())
+        defs = stand_alone_defs()
         passed = dict(loading.get_pending_reconstruction_metadata())
-    assert set(passed) == {"mv_orchestration/catalog"}
-    # no database to read and no stored catalog: only what the code server passed along
-    shutil.rmtree(tmp_path / "state")
-    monkeypatch.setenv("DATABASE_URL", CLOSED)
-    with scoped_reconstruction_metadata(passed):
-        rebuilt = build_from_settings(Settings.from_env())
+        (key,) = passed
+        assert key.startswith("mv_orchestration/catalog-")
+        # no database to read and no stored catalog: only what the code server passed along
+        stored = tmp_path / "state" / "catalog"
+        assert [p.stem for p in stored.iterdir()] == [key.partition("/")[2]]
+        shutil.rmtree(stored)
+        pg_server.drop_database(urlsplit(db_url).path[1:])
+        with scoped_reconstruction_metadata(passed):
+            rebuilt = stand_alone_defs()
     assert _keys(rebuilt) == _keys(defs) == {("shop", "mv_sales"), ("shop", "mv_grand")}
 
 
@@ -245,7 +248,11 @@ def test_an_unreachable_database_leaves_the_other_refreshable(
         _instance(sandbox, "other", "OTHER_URL", refresh={"retries": 0})
         _refresh_state(sandbox)
     monkeypatch.setenv("DAGSTER_IS_DEV_CLI", "1")  # loads refresh the state, as dagster dev's do
-    with caplog.at_level(logging.WARNING, "mv_orchestration"), sandbox.build_all_defs() as defs:
+    with (
+        caplog.at_level(logging.WARNING, "mv_orchestration"),
+        _loading_as(DefinitionsLoadType.INITIALIZATION),
+        sandbox.build_all_defs() as defs,
+    ):
         keys = _keys(defs)
         # the other database still shows its last known graph
         assert ("other", "shop", "mv_grand") in keys and ("app_db", "shop", "mv_grand") in keys
