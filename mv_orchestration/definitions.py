@@ -1,101 +1,135 @@
-"""The ``Definitions`` the workspace loads.
+"""The stand-alone code location: one database, configured by environment variables.
 
-Nothing here runs at import time: Dagster calls :func:`defs` when it loads the code location,
-which reads the catalog (or its cached copy when the database is unreachable).
+A thin layer over the Dagster component (``lib.component``): :func:`component_from_settings`
+turns the :class:`~mv_orchestration.settings.Settings` into the component's model, and the
+definitions come from the same build function
+(:meth:`~mv_orchestration.lib.component.PostgresMaterializedViews.build_definitions`).
+
+Nothing here runs at import time: Dagster calls :func:`defs` when it loads the code location.
+Where the code location is *defined* (a code server, ``dagster dev``; the ``mvo`` commands
+through :func:`build_from_settings`), the catalog is read and stored in the state
+directory; a database that cannot be reached then shows its last stored catalog. From
+:func:`defs` the catalog travels with the definitions as Dagster's reconstruction metadata
+(stored with each run), so a run worker, which *reconstructs* them, uses exactly the
+catalog the code server had and never reads it again.
 """
 
 from __future__ import annotations
 
-import os
+import logging
 from collections.abc import Mapping
-from datetime import timedelta
 
 import dagster as dg
 
+# No public accessor tells a run worker's load from a code server's in Dagster 1.13; the
+# StateBackedComponent machinery reads this same context.
+from dagster._core.definitions.definitions_load_context import (
+    DefinitionsLoadContext,
+    DefinitionsLoadType,
+)
+
 from mv_orchestration.core.catalog import CatalogSnapshot
-from mv_orchestration.errors import ConfigError
-from mv_orchestration.lib.alerting import Notifier
-from mv_orchestration.lib.defs import DatabaseTarget, build_definitions, default_translator
-from mv_orchestration.lib.policies import AlertRoutes, PolicyFile, load_policies
-from mv_orchestration.lib.resource import PostgresResource
-from mv_orchestration.lib.snapshot import load_snapshot
+from mv_orchestration.lib.component import (
+    ENV_SETTING_NAMES,
+    HistorySettings,
+    PostgresMaterializedViews,
+    RefreshSettings,
+)
+from mv_orchestration.lib.snapshot import cache_file, load_snapshot
 from mv_orchestration.settings import Settings
 
-
-def build_notifier(
-    settings: Settings, policies: PolicyFile | None, environ: Mapping[str, str]
-) -> Notifier | None:
-    """Global destinations from ``MVO_ALERT_URLS`` and ``defaults.alerts``, per-group ones
-    from ``groups.<g>.alerts``; None when there are none at all.
-
-    ``environ`` holds the variables the policy file's ``{env: NAME}`` entries name; an unset
-    or empty one is a ``ConfigError``, so the code location fails to load rather than drop
-    alerts.
-    """
-    routes = policies.alert_routes(environ) if policies is not None else AlertRoutes()
-    urls = (*settings.alert_urls, *routes.urls)
-    if not urls and not routes.group_urls:
-        return None
-    return Notifier(urls, routes.group_urls)
+log = logging.getLogger("mv_orchestration")
 
 
-def _check_history_schema(settings: Settings, snapshot: CatalogSnapshot) -> None:
-    """The history schema must not hold views this code location manages: they would share
-    a schema with the tables the history writes and the retention job prunes. (Such views
-    used to be left out without a word.)"""
-    schema = settings.history_schema
-    held = sorted(mv.qualname for mv in snapshot.matviews if mv.schema == schema)
-    if schema is None or not held:
-        return
-    shown = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
-    raise ConfigError(
-        f"MVO_HISTORY_SCHEMA={schema!r} holds managed materialized views ({shown}): "
-        f"give the history a schema of its own, or leave {schema} out with MVO_EXCLUDE_SCHEMAS"
+def component_from_settings(settings: Settings) -> PostgresMaterializedViews:
+    """The component's model for the database in ``settings`` (see the README's
+    Configuration): the URL is read from ``DATABASE_URL`` where the resource runs."""
+    return PostgresMaterializedViews(
+        database_url=dg.EnvVar("DATABASE_URL"),
+        schemas=list(settings.schemas) if settings.schemas else None,
+        exclude_schemas=list(settings.exclude_schemas),
+        key_prefix=[] if settings.alias == "default" else [settings.alias],
+        policies=str(settings.policies_path) if settings.policies_path else None,
+        alerts=list(settings.alert_urls),
+        history=(
+            HistorySettings(
+                schema=settings.history_schema, retention_days=settings.history_retention_days
+            )
+            if settings.history_schema is not None
+            else False
+        ),
+        refresh=RefreshSettings(
+            lock_timeout_s=settings.lock_timeout_s,
+            lock_retries=settings.lock_retries,
+            statement_timeout_s=settings.statement_timeout_s,
+            retries=settings.retries,
+            retry_delay_s=settings.retry_delay_s,
+        ),
+        automation=settings.automation_running,
+        ui_base_url=settings.ui_base_url,
     )
 
 
-def build_from_settings(
-    settings: Settings, environ: Mapping[str, str] | None = None
-) -> dg.Definitions:
-    """Definitions for the database in ``settings`` (see the README's Configuration).
-
-    ``environ`` (default: the process environment) resolves the policy file's alert
-    variables.
-    """
-    snapshot = load_snapshot(
+def read_catalog(settings: Settings) -> CatalogSnapshot:
+    """A fresh read of the catalog, stored for when the database is unreachable (then the
+    last stored one, ``lib.snapshot.load_snapshot``)."""
+    return load_snapshot(
         settings.database_url,
         alias=settings.alias,
         schemas=settings.schemas,
         exclude_schemas=settings.exclude_schemas,
         cache_dir=settings.state_dir / "catalog",
     )
-    _check_history_schema(settings, snapshot)
-    resource = PostgresResource(
-        dsn=dg.EnvVar("DATABASE_URL"),
-        lock_timeout_s=settings.lock_timeout_s,
-        lock_retries=settings.lock_retries,
-        statement_timeout_s=settings.statement_timeout_s,
-        transient_retries=settings.retries,
-        transient_retry_delay_s=settings.retry_delay_s,
+
+
+def catalog_for_this_load(settings: Settings) -> CatalogSnapshot:
+    """The catalog Dagster's load of the code location builds from: in a run worker, the one
+    the code server passed along, never a new read; elsewhere :func:`read_catalog`. Either
+    way it is passed on as the definitions' reconstruction metadata, under a key naming the
+    database and schema selection (as the stored file's name does), so a catalog is never
+    taken for another database's."""
+    stored = cache_file(
+        settings.state_dir / "catalog",
+        settings.alias,
+        settings.database_url,
+        settings.schemas,
+        settings.exclude_schemas,
     )
-    policies = load_policies(settings.policies_path) if settings.policies_path else None
-    target = DatabaseTarget(
-        alias=settings.alias,
-        resource=resource,
-        translator=default_translator(
-            settings.alias, prefix_with_alias=settings.alias != "default", policies=policies
-        ),
-        history_schema=settings.history_schema,
-        history_retention=timedelta(days=settings.history_retention_days),
-    )
-    return build_definitions(
-        [(target, snapshot)],
-        automation_running=settings.automation_running,
-        notifier=build_notifier(settings, policies, os.environ if environ is None else environ),
-        ui_base_url=settings.ui_base_url,
+    key = f"mv_orchestration/{stored.stem}"
+    context = DefinitionsLoadContext.get()
+    snapshot: CatalogSnapshot | None = None
+    if context.load_type == DefinitionsLoadType.RECONSTRUCTION:
+        passed = context.reconstruction_metadata.get(key)
+        if isinstance(passed, str):
+            snapshot = CatalogSnapshot.from_json(passed)
+        else:  # a code server of an older version passed none
+            log.warning("no catalog came with this run's definitions: reading it")
+    if snapshot is None:
+        snapshot = read_catalog(settings)
+    context.add_to_pending_reconstruction_metadata(key, snapshot.to_json(indent=None))
+    return snapshot
+
+
+def build_from_settings(
+    settings: Settings,
+    environ: Mapping[str, str] | None = None,
+    *,
+    snapshot: CatalogSnapshot | None = None,
+) -> dg.Definitions:
+    """Definitions for the database in ``settings`` (see the README's Configuration), from
+    ``snapshot`` (default: a fresh read of the catalog, as the ``mvo`` commands want).
+
+    ``environ`` (default: the process environment) resolves the policy file's alert
+    variables.
+    """
+    if snapshot is None:
+        snapshot = read_catalog(settings)
+    return component_from_settings(settings).build_definitions(
+        snapshot, environ=environ, names=ENV_SETTING_NAMES, alert_sensor_prefix="mvo"
     )
 
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    return build_from_settings(Settings.from_env())
+    settings = Settings.from_env()
+    return build_from_settings(settings, snapshot=catalog_for_this_load(settings))

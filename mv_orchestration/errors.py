@@ -24,6 +24,16 @@ class CatalogError(MvoError):
     """The catalog could not be read, or names a relation that does not exist."""
 
 
+class DatabaseUnreachableError(CatalogError):
+    """The catalog could not be read because the database could not be reached (connection
+    refused, timed out, authentication failed): what a cached catalog or the last defs state
+    stands in for. ``reason`` is the connection error's first line, without secrets."""
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason or message
+
+
 class UnknownViewError(CatalogError):
     """A view name given by the user matches no materialized view."""
 

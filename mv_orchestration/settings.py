@@ -2,6 +2,8 @@
 
 The variables a policy file's ``alerts: [{env: NAME}]`` entries name are read where the
 definitions are built (``definitions.build_from_settings``), from the same environment.
+``definitions.component_from_settings`` turns these settings into the Dagster component's
+model (``lib.component``), so both ways of running share one set of rules.
 """
 
 from __future__ import annotations
@@ -93,24 +95,29 @@ def _alert_urls() -> tuple[str, ...]:
     return urls
 
 
-def _history_schema() -> str | None:
-    """``MVO_HISTORY_SCHEMA``: where refresh history lives; ``off`` disables it. A system
-    schema (``pg_catalog``, ``information_schema``, any ``pg_*``) is refused; one that holds
-    managed MVs is refused where the catalog is read (``definitions.build_from_settings``)."""
-    raw = os.environ.get("MVO_HISTORY_SCHEMA", "").strip()
+def check_history_schema(raw: str, setting: str) -> str | None:
+    """The history schema named ``raw`` by ``setting``: None for ``off``, ``mvo`` when empty.
+    A system schema (``pg_catalog``, ``information_schema``, any ``pg_*``) and a name longer
+    than PostgreSQL keeps are a ``ConfigError``; one that holds managed MVs is refused where
+    the catalog is known (``lib.component``)."""
+    raw = raw.strip()
     if raw.lower() in ("off", "none", "false", "0"):
         return None
     if raw == "information_schema" or raw.startswith("pg_"):
         raise ConfigError(
-            f"MVO_HISTORY_SCHEMA={raw!r} is a system schema: choose a schema of its own "
+            f"{setting}={raw!r} is a system schema: choose a schema of its own "
             "(default mvo), or off"
         )
     if len(raw.encode()) > MAX_IDENTIFIER_BYTES:
         raise ConfigError(
-            f"MVO_HISTORY_SCHEMA is longer than {MAX_IDENTIFIER_BYTES} bytes, "
-            "PostgreSQL's limit for a name"
+            f"{setting} is longer than {MAX_IDENTIFIER_BYTES} bytes, PostgreSQL's limit for a name"
         )
     return raw or "mvo"
+
+
+def _history_schema() -> str | None:
+    """``MVO_HISTORY_SCHEMA``: where refresh history lives; ``off`` disables it."""
+    return check_history_schema(os.environ.get("MVO_HISTORY_SCHEMA", ""), "MVO_HISTORY_SCHEMA")
 
 
 def _ui_base_url() -> str | None:

@@ -761,19 +761,29 @@ def _read_failure_cursor(context: dg.SensorEvaluationContext) -> _FailureCursor 
 
 
 def _is_ours(
-    run: dg.DagsterRun, context: dg.SensorEvaluationContext, asset_keys: frozenset[dg.AssetKey]
+    run: dg.DagsterRun,
+    context: dg.SensorEvaluationContext,
+    asset_keys: frozenset[dg.AssetKey],
+    job_names: frozenset[str] | None = None,
 ) -> bool:
     """Whether ``run`` is this code location's: launched from it (same location and
     repository, as Dagster's run status sensors decide it), or run in process without an
-    origin — ``mvo refresh`` does that — on some of its assets."""
+    origin — ``mvo refresh`` does that — on some of its assets. With ``job_names`` (one
+    database among several in the code location), a launched run counts only when it
+    materializes some of ``asset_keys``, or, selecting no assets, is one of ``job_names``."""
     origin = run.remote_job_origin
     if origin is None:
         return not asset_keys.isdisjoint(run.asset_selection or ())
     location = context.code_location_origin.location_name if context.code_location_origin else None
-    return (
+    here = (
         origin.repository_origin.code_location_origin.location_name == location
         and origin.repository_origin.repository_name == context.repository_name
     )
+    if not here or job_names is None:
+        return here
+    if run.asset_selection:
+        return not asset_keys.isdisjoint(run.asset_selection)
+    return run.job_name in job_names
 
 
 def build_refresh_failure_sensor(
@@ -785,6 +795,7 @@ def build_refresh_failure_sensor(
     name: str = "mvo_refresh_failures",
     minimum_interval_seconds: int = 30,
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
+    job_names: Iterable[str] | None = None,
 ) -> dg.SensorDefinition:
     """A sensor that alerts once per failed run of this code location, naming the view(s),
     SQLSTATE and error.
@@ -806,13 +817,16 @@ def build_refresh_failure_sensor(
     ``RUN_CANCELED``, not ``RUN_FAILURE``, and never alert.
 
     Runs of every job launched from this code location count, and runs executed in process
-    without an origin (``mvo refresh``) on any of its assets. The alert goes to the global
-    destinations plus the groups of the failing views (or of the run's assets); when that is
-    no destination at all (only other groups have some), nothing is sent.
+    without an origin (``mvo refresh``) on any of its assets. With ``job_names`` (one database
+    of several in one code location, each with its own sensor), only the runs that
+    materialize this database's assets, or that run one of ``job_names``. The alert goes to
+    the global destinations plus the groups of the failing views (or of the run's assets);
+    when that is no destination at all (only other groups have some), nothing is sent.
     """
     groups = dict(group_of or {})
     key_of_view = {label: key for key, label in (labels or {}).items()}
     known_keys = frozenset(groups) | frozenset(key_of_view.values())
+    own_jobs = frozenset(job_names) if job_names is not None else None
 
     def _alert_for(
         instance: dg.DagsterInstance, run: dg.DagsterRun
@@ -884,7 +898,7 @@ def build_refresh_failure_sensor(
         sent = 0
         for run_id in candidates:
             run = runs.get(run_id)
-            if run is None or not _is_ours(run, context, known_keys):
+            if run is None or not _is_ours(run, context, known_keys, own_jobs):
                 continue  # deleted, or another code location's run
             found = _alert_for(instance, run)
             if found is None:

@@ -75,6 +75,8 @@ def build_definitions(
     automation_running: bool = False,
     notifier: Notifier | None = None,
     ui_base_url: str | None = None,
+    alert_sensor_prefix: str = "mvo",
+    own_runs_only: bool = False,
 ) -> dg.Definitions:
     """Assets, checks, schedules and sensors for every target.
 
@@ -83,6 +85,11 @@ def build_definitions(
     routed by each view's Dagster group (``Notifier(group_urls=...)``, keyed like the policy
     file's ``groups``); views whose alerts would reach no destination are not watched.
     ``automation_running`` starts schedules and sensors by default (Dagster's default is off).
+
+    The alert sensors are named ``<alert_sensor_prefix>_refresh_failures`` and
+    ``<alert_sensor_prefix>_freshness_alerts``. ``own_runs_only``: these definitions are one
+    part of a code location that holds others (a component instance among several): the
+    failure sensor then alerts only on runs of these targets' assets and jobs.
     """
     assets: list[dg.AssetsDefinition | dg.AssetSpec] = []
     resources: dict[str, PostgresResource] = {}
@@ -171,7 +178,9 @@ def build_definitions(
             ui_base_url=ui_base_url,
             group_of=targets_.group_of,
             labels=targets_.labels,
+            name=f"{alert_sensor_prefix}_refresh_failures",
             default_status=sensor_status,
+            job_names=[job.name for job in jobs] if own_runs_only else None,
         )
     ]
     watched = [
@@ -185,6 +194,7 @@ def build_definitions(
                 group_of=targets_.group_of,
                 labels=targets_.labels,
                 ui_base_url=ui_base_url,
+                name=f"{alert_sensor_prefix}_freshness_alerts",
                 default_status=sensor_status,
             )
         )

@@ -1,9 +1,10 @@
-"""Read the catalog when definitions are built, with a cached copy for when the DB is down.
+"""Read the catalog, and keep the last copy read for when the database is down.
 
-Every run worker loads the code location, so several processes write the cache at once:
-each writes its own temporary file and renames it into place (``core.files``), and a
-cache that cannot be written (read-only directory, full disk) costs a warning, never the
-load.
+:func:`read_snapshot` reads it once. The last copy lives in a *state file*: the Dagster
+component's defs state (``lib.component``) or the stand-alone code location's cache
+(:func:`load_snapshot`, ``definitions.py``). Several processes may write one at once: each
+writes its own temporary file and renames it into place (``core.files``), and a cache that
+cannot be written (read-only directory, full disk) costs a warning, never the load.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from psycopg.conninfo import conninfo_to_dict
 from mv_orchestration.core.catalog import SYSTEM_SCHEMAS, CatalogSnapshot, read_catalog
 from mv_orchestration.core.files import write_atomic
 from mv_orchestration.core.urls import redact, secrets_in
-from mv_orchestration.errors import CatalogError, ConfigError
+from mv_orchestration.errors import CatalogError, ConfigError, DatabaseUnreachableError
 
 log = logging.getLogger("mv_orchestration")
 
@@ -46,6 +47,37 @@ def cache_file(
     return cache_dir / f"catalog-{hashlib.sha256(identity.encode()).hexdigest()[:12]}.json"
 
 
+def read_snapshot(
+    dsn: str,
+    *,
+    alias: str,
+    schemas: Sequence[str] | None = None,
+    exclude_schemas: Sequence[str] = (),
+    previous: CatalogSnapshot | None = None,
+    connect_timeout_s: int = 5,
+    schemas_setting: str = "MVO_SCHEMAS",
+) -> CatalogSnapshot:
+    """Read the catalog of the database at ``dsn`` now.
+
+    ``previous`` (the last copy) fills in what a relation lock keeps from being read. A
+    database that cannot be reached is a :class:`DatabaseUnreachableError` of one line; a
+    schema in ``schemas`` that it does not have, a ``ConfigError`` naming ``schemas_setting``.
+    No message holds the password of ``dsn``.
+    """
+    try:
+        with psycopg.connect(
+            dsn, autocommit=True, connect_timeout=connect_timeout_s, application_name="mvo-catalog"
+        ) as conn:
+            check_schemas_exist(conn, schemas or (), schemas_setting)
+            return read_catalog(conn, schemas, exclude_schemas=exclude_schemas, previous=previous)
+    except psycopg.OperationalError as exc:
+        lines = str(exc).strip().splitlines()
+        reason = redact(lines[0] if lines else type(exc).__name__, secrets_in(dsn))
+        raise DatabaseUnreachableError(
+            f"cannot read the catalog of database {alias!r}: {reason}", reason
+        ) from exc
+
+
 def load_snapshot(
     dsn: str,
     *,
@@ -60,29 +92,29 @@ def load_snapshot(
 
     The cache lets the code location load (and show the last known graph) while the database
     is unreachable; runs then fail with the connection error instead of the UI going blank.
-    A schema in ``schemas`` that the database does not have is a ``ConfigError`` naming
-    ``schemas_setting``. No message holds the password of ``dsn``.
+    Errors are those of :func:`read_snapshot` (without a cache to fall back on).
     """
     path = cache_file(cache_dir, alias, dsn, schemas, exclude_schemas) if cache_dir else None
-    cached = _read_cache(path)
+    cached = read_state(path)
     try:
-        with psycopg.connect(
-            dsn, autocommit=True, connect_timeout=connect_timeout_s, application_name="mvo-catalog"
-        ) as conn:
-            check_schemas_exist(conn, schemas or (), schemas_setting)
-            # the cached copy also fills in what a relation lock keeps from being read now
-            snapshot = read_catalog(conn, schemas, exclude_schemas=exclude_schemas, previous=cached)
-    except psycopg.OperationalError as exc:
-        lines = str(exc).strip().splitlines()
-        reason = redact(lines[0] if lines else type(exc).__name__, secrets_in(dsn))
-        if cached is not None:
-            log.warning(
-                "database %s unreachable (%s); using cached catalog %s", alias, reason, path
-            )
-            return cached
-        raise CatalogError(f"cannot read the catalog of database {alias!r}: {reason}") from exc
+        snapshot = read_snapshot(
+            dsn,
+            alias=alias,
+            schemas=schemas,
+            exclude_schemas=exclude_schemas,
+            previous=cached,
+            connect_timeout_s=connect_timeout_s,
+            schemas_setting=schemas_setting,
+        )
+    except DatabaseUnreachableError as exc:
+        if cached is None:
+            raise
+        log.warning(
+            "database %s unreachable (%s); using cached catalog %s", alias, exc.reason, path
+        )
+        return cached
     if path is not None:
-        _write_cache(path, snapshot)
+        write_state(path, snapshot, what="catalog cache")
     return snapshot
 
 
@@ -108,23 +140,28 @@ def check_schemas_exist(
         )
 
 
-def _write_cache(path: Path, snapshot: CatalogSnapshot) -> None:
-    """Replace the cache file atomically; a failure is a warning, and the load goes on."""
+def write_state(path: Path, snapshot: CatalogSnapshot, *, what: str = "catalog state") -> bool:
+    """Replace ``path`` with ``snapshot`` atomically; a failure is a warning (False), and the
+    caller goes on."""
     try:
         write_atomic(path, snapshot.to_json())
     except OSError as exc:
         log.warning(
-            "could not write the catalog cache %s (%s); going on without updating it",
+            "could not write the %s %s (%s); going on without updating it",
+            what,
             path,
             exc.strerror or type(exc).__name__,
         )
+        return False
+    return True
 
 
-def _read_cache(path: Path | None) -> CatalogSnapshot | None:
+def read_state(path: Path | None, *, what: str = "catalog cache") -> CatalogSnapshot | None:
+    """The snapshot in ``path``; None when there is none or it cannot be read (a warning)."""
     if path is None or not path.exists():
         return None
     try:
         return CatalogSnapshot.from_json(path.read_text())
     except (OSError, ValueError, KeyError, TypeError, CatalogError) as exc:
-        log.warning("ignoring unreadable catalog cache %s (%s)", path, type(exc).__name__)
+        log.warning("ignoring unreadable %s %s (%s)", what, path, type(exc).__name__)
         return None
