@@ -337,7 +337,11 @@ def _refresh_once(
                 )
                 state = cur.execute(_STATE_SQL, [schema, name]).fetchone()
                 if state is None:
-                    raise UnknownViewError(f"materialized view {view} does not exist")
+                    raise UnknownViewError(
+                        f"materialized view {view} does not exist (dropped or renamed since the "
+                        "catalog was read? reload the definitions, or run dg utils "
+                        "refresh-defs-state)"
+                    )
                 oid, populated, has_unique = int(state[0]), bool(state[1]), bool(state[2])
                 method = choose_method(populated, has_unique, opts.method)
                 _set_lock_timeout(cur, opts, method)
