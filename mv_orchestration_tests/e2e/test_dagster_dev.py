@@ -11,6 +11,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,36 +93,32 @@ def demo_db(pg_server: PgServer) -> Iterator[str]:
         pg_server.drop_database(name)
 
 
-@pytest.fixture(scope="module")
-def dagster_dev(
-    pg_server: PgServer, demo_db: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[DagsterDev]:
-    home = tmp_path_factory.mktemp("dagster_home")
+@contextmanager
+def running_dagster_dev(
+    pg_server: PgServer, db_url: str, home: Path
+) -> Iterator[tuple[DagsterDev, str]]:
+    """A real ``dagster dev`` on ``db_url`` with its instance in ``home`` and its storage in a
+    new database (dropped after); yields it once its assets have loaded, with the storage
+    URL (psycopg2 form, as ``dagster.yaml`` reads it)."""
     shutil.copyfile(ROOT / "dagster.yaml", home / "dagster.yaml")
     storage_db = f"dagster_e2e_{uuid.uuid4().hex[:8]}"
-    storage = pg_server.create_database(storage_db)
+    storage = pg_server.create_database(storage_db).replace(
+        "postgresql://", "postgresql+psycopg2://", 1
+    )
     port = _free_port()
     env = {
         **os.environ,
-        "DATABASE_URL": demo_db,
+        "DATABASE_URL": db_url,
         "DAGSTER_HOME": str(home),
-        "MVO_DAGSTER_STORAGE_URL": storage.replace("postgresql://", "postgresql+psycopg2://", 1),
+        "MVO_DAGSTER_STORAGE_URL": storage,
         "MVO_STATE_DIR": str(home / "state"),
     }
     log = home / "dagster-dev.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [
-                sys.executable,
-                "-m",
-                "dagster",
-                "dev",
-                "-w",
-                "workspace.yaml",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(port),
+                *(sys.executable, "-m", "dagster", "dev", "-w", "workspace.yaml"),
+                *("-h", "127.0.0.1", "-p", str(port)),
             ],
             cwd=ROOT,
             env=env,
@@ -129,10 +126,10 @@ def dagster_dev(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    dev = DagsterDev(f"http://127.0.0.1:{port}", demo_db)
+    dev = DagsterDev(f"http://127.0.0.1:{port}", db_url)
     try:
         _wait_for_assets(dev, proc, log)
-        yield dev
+        yield dev, storage
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -141,6 +138,17 @@ def dagster_dev(
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         pg_server.drop_database(storage_db)
+
+
+@pytest.fixture(scope="module")
+def dagster_dev(
+    pg_server: PgServer, demo_db: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[DagsterDev]:
+    with running_dagster_dev(pg_server, demo_db, tmp_path_factory.mktemp("dagster_home")) as (
+        dev,
+        _,
+    ):
+        yield dev
 
 
 def test_asset_graph_is_the_catalog_lineage(dagster_dev: DagsterDev) -> None:

@@ -4,10 +4,6 @@ server-side REFRESH at once: a real ``dagster dev`` (webserver, daemon, run work
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,9 +15,8 @@ import psycopg
 import pytest
 
 from mv_orchestration_tests.conftest import PgServer
-from mv_orchestration_tests.e2e.test_dagster_dev import DagsterDev, _free_port, _wait_for_assets
+from mv_orchestration_tests.e2e.test_dagster_dev import DagsterDev, running_dagster_dev
 from mv_orchestration_tests.faults.conftest import (
-    ROOT,
     SLOW_VIEW_SQL,
     Reader,
     history_rows,
@@ -101,51 +96,18 @@ def dev(
     pg_server: PgServer, faults_db: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Dev]:
     home = tmp_path_factory.mktemp("dagster_home")
-    shutil.copyfile(ROOT / "dagster.yaml", home / "dagster.yaml")
-    storage_db = f"dagster_faults_{uuid.uuid4().hex[:8]}"
-    storage = pg_server.create_database(storage_db).replace(
-        "postgresql://", "postgresql+psycopg2://", 1
-    )
-    port = _free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": faults_db,
-        "DAGSTER_HOME": str(home),
-        "MVO_DAGSTER_STORAGE_URL": storage,
-        "MVO_STATE_DIR": str(home / "state"),
-    }
-    log = home / "dagster-dev.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "dagster", "dev", "-w", "workspace.yaml"),
-                *("-h", "127.0.0.1", "-p", str(port)),
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    d = Dev(f"http://127.0.0.1:{port}", faults_db)
-    d.home = home
-    old = os.environ.get("MVO_DAGSTER_STORAGE_URL")
-    os.environ["MVO_DAGSTER_STORAGE_URL"] = storage  # for the test's own instance handle
-    try:
-        _wait_for_assets(d, proc, log)
-        yield d
-    finally:
-        if old is None:
-            os.environ.pop("MVO_DAGSTER_STORAGE_URL", None)
-        else:
-            os.environ["MVO_DAGSTER_STORAGE_URL"] = old
-        os.killpg(proc.pid, signal.SIGTERM)
+    with running_dagster_dev(pg_server, faults_db, home) as (running, storage):
+        d = Dev(running.url, running.db_url)
+        d.home = home
+        old = os.environ.get("MVO_DAGSTER_STORAGE_URL")
+        os.environ["MVO_DAGSTER_STORAGE_URL"] = storage  # for the test's own instance handle
         try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        pg_server.drop_database(storage_db)
+            yield d
+        finally:
+            if old is None:
+                os.environ.pop("MVO_DAGSTER_STORAGE_URL", None)
+            else:
+                os.environ["MVO_DAGSTER_STORAGE_URL"] = old
 
 
 def test_terminating_the_run_ends_the_refresh_within_2_s(dev: Dev) -> None:
