@@ -693,7 +693,7 @@ write + `fdatasync` in the server's data directory on this machine took
 {fmt_ms(flush.median_ms)} ms (median of {flush.n}, p95 {fmt_ms(flush.p95_ms)} ms).
 *Estimate, not measured*: adding one such flush to (1) and two to (2),
 `{smallest.qualname}` would come to
-({fmt_ms(smallest.with_history.median_ms)} + 2 × {fmt_ms(f)}) / ({fmt_ms(smallest.refresh.median_ms)} + {fmt_ms(f)})
+({fmt_ms(smallest.with_history.median_ms)} + 2 * {fmt_ms(f)}) / ({fmt_ms(smallest.refresh.median_ms)} + {fmt_ms(f)})
 = {durable:.3f}x. Rerun this benchmark against a durable server before relying on the target
 there.
 """
