@@ -48,6 +48,7 @@ where the product must not create objects) is the caller's decision. Granting ap
 from __future__ import annotations
 
 import hashlib
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -377,11 +378,12 @@ _UPDATE = "UPDATE {table} SET {assignments} WHERE id = %(attempt_id)s"
 _BEGIN = """
 INSERT INTO {table} (view_schema, view_name, run_id, started_at, status, backend_pid,
                      backend_start)
-SELECT %s, %s, %s, %s, 'running', pg_backend_pid(), a.backend_start
-FROM (SELECT 1) one
-LEFT JOIN pg_stat_activity a ON a.pid = pg_backend_pid()
+VALUES (%s, %s, %s, %s, 'running', %s, %s)
 RETURNING id
 """
+_SESSION = (
+    b"SELECT pg_backend_pid(), backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+)
 # A running row is abandoned when no session with its pid and start exists any more. A role
 # without pg_read_all_stats sees other roles' backend_start as NULL: the pid alone decides.
 _SWEEP = """
@@ -403,14 +405,16 @@ _statements: dict[tuple[str, str, str], bytes] = {}
 
 
 def _statement(conn: psycopg.Connection[Any], schema: str, kind: str) -> bytes:
-    """The ``kind`` statement (insert, update) for ``schema``, composed once per schema and
+    """The ``kind`` statement (begin, insert, update) for ``schema``, composed once per schema and
     client encoding (all that quoting the identifier depends on): each write then skips
     composing, and the same bytes hit psycopg's query cache and its prepared statement."""
     key = (schema, conn.info.encoding, kind)
     stmt = _statements.get(key)
     if stmt is None:
         table = sql.Identifier(schema, "refresh_history")
-        if kind == "insert":
+        if kind == "begin":
+            composed = sql.SQL(_BEGIN).format(table=table)
+        elif kind == "insert":
             composed = sql.SQL(_INSERT).format(
                 table=table,
                 columns=sql.SQL(", ").join(map(sql.Identifier, _ROW_COLUMNS)),
@@ -465,10 +469,26 @@ def begin_attempt(
 ) -> int:
     """Write an attempt's ``running`` row before it starts (committed at once, version 3);
     return its id, which the outcome's record completes."""
-    stmt = sql.SQL(_BEGIN).format(table=sql.Identifier(schema, "refresh_history"))
-    row = _run(conn, stmt, [view_schema, view_name, run_id, started_at]).fetchone()
+    pid, backend_start = _session(conn)
+    params = [view_schema, view_name, run_id, started_at, pid, backend_start]
+    row = _run(conn, _statement(conn, schema, "begin"), params).fetchone()
     assert row is not None
     return int(row[0])
+
+
+_sessions: weakref.WeakKeyDictionary[psycopg.Connection[Any], tuple[int, datetime | None]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _session(conn: psycopg.Connection[Any]) -> tuple[int, datetime | None]:
+    """The connection's backend pid and start, read once per connection (a pid alone could
+    be reused by a later session)."""
+    known = _sessions.get(conn)
+    if known is None or known[0] != conn.info.backend_pid:
+        row = _run(conn, _SESSION, None).fetchone()
+        known = _sessions[conn] = (conn.info.backend_pid, row[1] if row else None)
+    return known
 
 
 def forget_attempt(conn: psycopg.Connection[Any], schema: str, attempt_id: int) -> None:
