@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -69,6 +71,51 @@ def test_help_lists_commands() -> None:
     assert result.exit_code == 0
     for cmd in ("dev", "discover", "refresh", "db"):
         assert cmd in result.output
+
+
+# Runs the CLI in a fresh interpreter and reports, as its last stderr line, its exit code
+# and which heavy modules it imported.
+_PROBE = """
+import json, runpy, sys
+sys.argv = ["mvo", *sys.argv[1:]]
+try:
+    runpy.run_module("mv_orchestration.cli", run_name="__main__")
+    code = 0
+except SystemExit as exc:
+    code = exc.code
+heavy = [m for m in ("dagster", "pandas") if m in sys.modules]
+print(json.dumps({"code": code, "heavy": heavy}), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (("--help",), 0),
+        (("status", "--help"), 0),
+        (("refresh", "--help"), 0),
+        (("discover", "--help"), 0),
+        (("db", "--help"), 0),
+        (("dev", "--help"), 0),
+        (("refresh",), 2),  # no selection
+        (("status", "--since", "forever"), 2),
+        (("discover", "--no-such-option"), 2),
+        (("no-such-command",), 2),
+    ],
+)
+def test_help_and_usage_errors_import_neither_dagster_nor_pandas(
+    args: tuple[str, ...], code: int
+) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE, *args],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    report = json.loads(proc.stderr.strip().splitlines()[-1])
+    assert report == {"code": code, "heavy": []}, proc.stderr
 
 
 def test_discover_table_and_json(cli_env: dict[str, str]) -> None:
