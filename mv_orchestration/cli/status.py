@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -16,8 +16,19 @@ from mv_orchestration.cli.common import (
     resolve_database_url,
     scoped_env,
 )
+from mv_orchestration.cli.output import (
+    WIDTH,
+    Row,
+    human_ago,
+    human_duration,
+    human_percent,
+    render_table,
+)
 from mv_orchestration.cli.selection import select
 from mv_orchestration.errors import ConfigError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def parse_duration(text: str) -> float:
@@ -48,9 +59,12 @@ def _freshness_states(keys: Sequence[Any]) -> dict[Any, str]:
 @click.argument("views", nargs=-1)
 @click.option("--since", "since", default="24h", show_default=True, help="Window: 90m, 24h, 7d.")
 @click.option("--group", "groups", multiple=True, help="Only views in this group.")
+@click.option("--wide", is_flag=True, help="One line per view, every column, exact values.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @one_line_errors
-def status(views: tuple[str, ...], since: str, groups: tuple[str, ...], as_json: bool) -> None:
+def status(
+    views: tuple[str, ...], since: str, groups: tuple[str, ...], wide: bool, as_json: bool
+) -> None:
     """Health of every view from the refresh history; exit 2 when any is critical.
 
     healthy / warning / critical follow seed 004's rules: success rate below 95 % warns,
@@ -100,28 +114,7 @@ def status(views: tuple[str, ...], since: str, groups: tuple[str, ...], as_json:
     elif table.empty:
         click.echo("no materialized views")
     else:
-        shown = table.assign(
-            last_success=table["last_success"].map(
-                lambda t: "never" if t is None or t != t else str(t)[:19]
-            ),
-            age=table["age_s"].map(lambda a: "-" if a is None or a != a else f"{a:,.0f}s"),
-            success=table["success_rate"].map(lambda r: "-" if r is None or r != r else f"{r}%"),
-            avg_s=table["avg_duration_s"].map(lambda d: "-" if d is None or d != d else f"{d:.3f}"),
-            max_s=table["max_duration_s"].map(lambda d: "-" if d is None or d != d else f"{d:.3f}"),
-        )[
-            [
-                "view",
-                "health",
-                "freshness",
-                "last_success",
-                "age",
-                "success",
-                "avg_s",
-                "max_s",
-                "reasons",
-            ]
-        ]
-        click.echo(shown.to_string(index=False))
+        click.echo("\n".join(_render(table, wide)))
         counts = table["health"].value_counts()
         click.echo(
             f"\n{len(table)} views over {since}: "
@@ -129,3 +122,61 @@ def status(views: tuple[str, ...], since: str, groups: tuple[str, ...], as_json:
         )
     if critical:
         sys.exit(2)
+
+
+HEADERS = ("VIEW", "HEALTH", "FRESHNESS", "LAST SUCCESS", "SUCCESS", "AVG", "MAX")
+WIDE_HEADERS = (
+    "VIEW", "HEALTH", "FRESHNESS", "LAST SUCCESS", "AGE S", "SUCCESS", "AVG S", "MAX S",
+    "LAST ERROR", "REASONS",
+)  # fmt: skip
+
+
+def _render(table: pd.DataFrame, wide: bool) -> list[str]:
+    """The health table: to 100 columns, the reasons below each row; or ``--wide``."""
+    rows: list[Row] = []
+    for r in table.to_dict("records"):
+        freshness = str(r["freshness"]).lower().replace("_", " ")
+        if wide:
+            cells = [
+                r["view"],
+                r["health"],
+                freshness,
+                _iso(r["last_success"]),
+                _exact(r["age_s"], ".0f"),
+                human_percent(r["success_rate"]),
+                _exact(r["avg_duration_s"], ".3f"),
+                _exact(r["max_duration_s"], ".3f"),
+                _one_line(r["last_error"]),
+                r["reasons"] or "-",
+            ]
+            rows.append(Row(cells))
+            continue
+        cells = [
+            r["view"],
+            r["health"],
+            freshness,
+            human_ago(r["age_s"]),
+            human_percent(r["success_rate"]),
+            human_duration(r["avg_duration_s"]),
+            human_duration(r["max_duration_s"]),
+        ]
+        rows.append(Row(cells, note=r["reasons"]))
+    return render_table(WIDE_HEADERS if wide else HEADERS, rows, width=None if wide else WIDTH)
+
+
+def _missing(value: Any) -> bool:
+    return value is None or value != value  # None, NaN, NaT
+
+
+def _iso(value: Any) -> str:
+    return "never" if _missing(value) else value.isoformat(timespec="seconds")
+
+
+def _exact(value: Any, spec: str) -> str:
+    return "-" if _missing(value) else format(value, spec)
+
+
+def _one_line(value: Any) -> str:
+    if _missing(value) or not str(value).strip():
+        return "-"
+    return str(value).strip().splitlines()[0]
