@@ -179,3 +179,34 @@ def test_render_table_wraps_lists_and_notes_and_never_shortens_names() -> None:
         assert f"reason {i}" in text
     wide = render_table(["VIEW", "METHOD", "SOURCES"], rows, width=None)
     assert len(wide) == 3
+
+
+def _health(result: Any) -> dict[str, dict[str, Any]]:
+    assert result.exit_code == 0, result.output
+    return {row["view"]: row for row in json.loads(result.output)}
+
+
+def test_status_on_a_fresh_demo_reports_every_view_healthy(demo_env: dict[str, str]) -> None:
+    # nothing refreshed yet: nothing is due
+    before = _health(run("status", "--json"))
+    assert len(before) == 15
+    assert {v: r["health"] for v, r in before.items()} == dict.fromkeys(before, "healthy")
+    # what the first minutes of `mvo dev` do: the frequent schedules and the change sensor
+    # refresh their views; the daily and weekly marketing views are not due until 03:00 UTC
+    # (Mondays 04:00 for the weekly one)
+    groups = ("school", "llm_usage", "mes", "saas")
+    refreshed = run("refresh", *(a for g in groups for a in ("--group", g)))
+    assert refreshed.exit_code == 0, refreshed.output
+    after = _health(run("status", "--json"))
+    assert {v: (r["health"], r["reasons"]) for v, r in after.items()} == dict.fromkeys(
+        after, ("healthy", "")
+    )
+    weekly = after["marketing.weekly_aggregations"]
+    assert weekly["last_success"] is None and weekly["next_due"] is not None
+    assert weekly["expected"] == "cron 0 4 * * 1 (UTC); fresh within 7 d 1 h (fails after 8 d)"
+    assert after["school.mv_school_overview"]["last_success"] is not None
+    table = run("status")
+    assert table.exit_code == 0
+    assert "15 views over 24h: 0 critical, 0 warning, 15 healthy" in table.output
+    assert "no refresh attempts" not in table.output
+    assert_fits(table.output, list(after))
