@@ -287,3 +287,60 @@ def test_nothing_to_manage(cli_env: dict[str, str], conn: psycopg.Connection[Any
             "Error: nothing to manage: no materialized views in schema(s) empty (MVO_SCHEMAS)"
             " (see 'mvo discover')\n"
         )
+
+
+HOSTILE_DDL = '''
+CREATE SCHEMA "we ird";
+CREATE TABLE "we ird"."src tab" (id int PRIMARY KEY);
+INSERT INTO "we ird"."src tab" VALUES (1);
+CREATE MATERIALIZED VIEW "we ird"."v1.2" AS SELECT id FROM "we ird"."src tab";
+CREATE SCHEMA "My ""Schema""";
+CREATE MATERIALIZED VIEW "My ""Schema"""."Odd ""v""; DROP TABLE x; --" AS
+    SELECT id FROM "we ird"."src tab";
+'''
+V12 = '"we ird"."v1.2"'
+ODD = '"My ""Schema"""."Odd ""v""; DROP TABLE x; --"'
+
+
+def test_refresh_takes_every_form_of_a_hostile_name(
+    cli_env: dict[str, str], conn: psycopg.Connection[Any]
+) -> None:
+    conn.execute(HOSTILE_DDL)
+    printed = json.loads(run("discover", "--json").output)["refresh_order"]
+    assert {V12, ODD} <= set(printed), "the forms below start from what discover prints"
+    assert V12 in run("discover").output
+    forms = {
+        V12: [V12, '"we ird".v1.2', "we ird.v1.2", "v1.2", '"v1.2"'],
+        ODD: [ODD, '"Odd ""v""; DROP TABLE x; --"', 'My "Schema".Odd "v"; DROP TABLE x; --'],
+    }
+    for view, names in forms.items():
+        for name in names:
+            conn.execute(
+                'INSERT INTO "we ird"."src tab" SELECT max(id) + 1 FROM "we ird"."src tab"'
+            )
+            result = run("refresh", name)
+            assert result.exit_code == 0, (name, result.output)
+            assert f"[1/1] refreshed {view}" in result.output, (name, result.output)
+    # each refresh saw the row inserted just before it
+    assert conn.execute('SELECT count(*) FROM "we ird"."v1.2"').fetchone() == (6,)
+    odd = 'SELECT count(*) FROM "My ""Schema"""."Odd ""v""; DROP TABLE x; --"'
+    assert conn.execute(odd).fetchone() == (9,)
+    bad = run("refresh", '"we ird"."v1.3"')
+    assert bad.exit_code == 1
+    assert bad.output.strip() == (
+        "Error: no materialized view named '\"we ird\".\"v1.3\"' (see 'mvo discover')"
+    )
+
+
+def test_a_name_fitting_several_views_is_ambiguous() -> None:
+    from mv_orchestration.cli.selection import matching
+
+    views = [("a.b", "c"), ("a", "b.c"), ("Up", "Case")]
+    assert matching("a.b.c", views) == [("a.b", "c"), ("a", "b.c")]
+    assert matching('"a.b".c', views) == [("a.b", "c")]
+    assert matching('a."b.c"', views) == [("a", "b.c")]
+    assert matching("c", views) == [("a.b", "c")]
+    # unquoted parts fold to lower case as in PostgreSQL, and match as written
+    assert matching("Up.Case", views) == [("Up", "Case")]
+    assert matching("up.case", views) == []
+    assert matching('"unclosed', views) == []

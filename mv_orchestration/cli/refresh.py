@@ -42,7 +42,11 @@ def refresh(
 ) -> None:
     """Refresh views through Dagster (recorded in the instance's run history).
 
-    VIEWS are 'schema.name' or a bare name when it is unique.
+    VIEWS are 'schema.name', or 'name' when no other schema has a view of that name,
+    each as 'mvo discover' prints it or unquoted, e.g.:
+
+    \b
+      "we ird"."v1.2"   "we ird".v1.2   we ird.v1.2   v1.2
     """
     if not (views or groups or all_views):
         raise click.UsageError("name at least one VIEW, or use --group G or --all")

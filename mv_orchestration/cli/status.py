@@ -80,9 +80,10 @@ def status(
       - failures and no success: critical;
       - success rate below 80 %: critical; below 95 %: warning;
       - average refresh longer than 5 s: warning.
-    From the view's policy (schedules, freshness), counting from the first refresh recorded:
-      - a scheduled refresh more than 5 min overdue (due, and no success since): warning;
-      - last success older than its freshness target: warning; past its limit: critical.
+    From the view's policy, counted from the first refresh the history records:
+      - a scheduled refresh more than 5 min overdue (no success since): warning;
+      - last success older than its freshness warn window: warning; older than
+        its fail window: critical.
 
     A view not yet due is healthy, refreshed or not; a view without schedules or freshness
     target is judged on its refreshes only. FRESHNESS is the state Dagster's freshness
