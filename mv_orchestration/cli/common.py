@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-import psycopg
 
 from mv_orchestration.errors import ConfigError, MvoError
 
@@ -56,28 +55,35 @@ def one_line_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except MvoError as exc:
-            raise click.ClickException(_redacted(str(exc))) from None
-        except psycopg.Error as exc:
-            text = _redacted(one_line(exc))
-            if exc.sqlstate is None:  # no server answer: connection-level failure
-                raise click.ClickException(f"cannot connect to the database: {text}") from None
-            raise click.ClickException(
-                f"database error [SQLSTATE {exc.sqlstate}]: {text}"
-            ) from None
-        except OSError as exc:  # a state directory that is a file, a full disk
-            where = f": {exc.filename}" if exc.filename else ""
-            raise click.ClickException(_redacted(f"{exc.strerror or exc}{where}")) from None
         except click.ClickException:
             raise
         except Exception as exc:
-            # a DagsterError needs Dagster imported: left out, help and usage errors stay light
-            dagster = sys.modules.get("dagster")
-            if dagster is not None and isinstance(exc, dagster.DagsterError):
-                raise click.ClickException(_redacted(f"Dagster: {one_line(exc)}")) from None
-            raise
+            message = _expected_failure(exc)
+            if message is None:
+                raise
+            raise click.ClickException(message) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _expected_failure(exc: Exception) -> str | None:
+    """The one line of an expected failure, None for a bug. A psycopg or Dagster error needs
+    its library imported, so neither is imported here: help and usage errors stay light."""
+    if isinstance(exc, MvoError):
+        return _redacted(str(exc))
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is not None and isinstance(exc, psycopg.Error):
+        text = _redacted(one_line(exc))
+        if exc.sqlstate is None:  # no server answer: connection-level failure
+            return f"cannot connect to the database: {text}"
+        return f"database error [SQLSTATE {exc.sqlstate}]: {text}"
+    if isinstance(exc, OSError):  # a state directory that is a file, a full disk
+        where = f": {exc.filename}" if exc.filename else ""
+        return _redacted(f"{exc.strerror or exc}{where}")
+    dagster = sys.modules.get("dagster")
+    if dagster is not None and isinstance(exc, dagster.DagsterError):
+        return _redacted(f"Dagster: {one_line(exc)}")
+    return None
 
 
 def echo_err(msg: str) -> None:
@@ -107,6 +113,8 @@ def resolve_database_url() -> str:
     """DATABASE_URL, else the embedded demo database when its server is running; checked
     (a malformed URL is named, never quoted) and connected to once, so that a command fails
     at once with one line rather than load a cached catalog and retry its refreshes."""
+    import psycopg
+
     url = _database_url()
     with psycopg.connect(url, connect_timeout=DATABASE_CONNECT_TIMEOUT_S):
         pass
@@ -195,6 +203,7 @@ def _check_storage_url(url: str) -> None:
     """MVO_DAGSTER_STORAGE_URL parses as a URL (the form Dagster's SQLAlchemy storage
     needs) and accepts a connection within STORAGE_CONNECT_TIMEOUT_S; else one line that
     quotes no part of it. The connection uses the parameters SQLAlchemy hands psycopg2."""
+    import psycopg
     from sqlalchemy.engine import make_url
 
     from mv_orchestration.core.urls import EXPECTED_URL, libpq_url, parse_conninfo
