@@ -210,3 +210,7 @@ def test_status_on_a_fresh_demo_reports_every_view_healthy(demo_env: dict[str, s
     assert "15 views over 24h: 0 critical, 0 warning, 15 healthy" in table.output
     assert "no refresh attempts" not in table.output
     assert_fits(table.output, list(after))
+    wide = run("status", "--wide").output.splitlines()
+    assert wide[0].split()[:3] == ["VIEW", "HEALTH", "FRESHNESS"] and "EXPECTED" in wide[0]
+    row = next(line for line in wide if line.startswith("marketing.weekly_aggregations"))
+    assert "cron 0 4 * * 1 (UTC)" in row and "T04:00:00+00:00" in row  # its next Monday
