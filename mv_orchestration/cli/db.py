@@ -9,7 +9,7 @@ import click
 from mv_orchestration.cli.common import DEMO_DB, echo_err, embedded, one_line_errors
 
 
-@click.group()
+@click.group(short_help="Manage the embedded PostgreSQL server.")
 def db() -> None:
     """Manage the embedded PostgreSQL server (data in .mvo/postgres)."""
 

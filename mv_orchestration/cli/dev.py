@@ -33,7 +33,7 @@ def _demo_loaded(url: str) -> bool:
     return bool(row and row[0] > 0)
 
 
-@click.command()
+@click.command(short_help="Run the Dagster UI (on the demo without DATABASE_URL).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address the UI binds to.")
 @click.option("--port", default=3000, show_default=True, type=int, help="Port of the UI.")
 @click.option("--reload-demo", is_flag=True, help="Drop and reload the demo data first.")

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from mv_orchestration.core.catalog import MaterializedView
 
 
-@click.command()
+@click.command(short_help="List the materialized views in refresh order.")
 @click.option("--json", "as_json", is_flag=True, help="Print the catalog snapshot as JSON.")
 @click.option(
     "--wide", is_flag=True, help="One line per view, every column (owner, bytes, unique indexes)."

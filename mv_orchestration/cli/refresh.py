@@ -31,7 +31,7 @@ class _ProgressHandler(logging.Handler):
         )
 
 
-@click.command()
+@click.command(short_help="Refresh views through Dagster.")
 @click.argument("views", nargs=-1)
 @click.option("--group", "groups", multiple=True, help="Refresh every view in this group.")
 @click.option("--all", "all_views", is_flag=True, help="Refresh every materialized view.")

@@ -62,7 +62,7 @@ def _freshness_states(keys: Sequence[Any]) -> dict[Any, str]:
     return {key: rec.freshness_state.value for key, rec in records.items()}
 
 
-@click.command()
+@click.command(short_help="Health of each view; exit 2 when any is critical.")
 @click.argument("views", nargs=-1)
 @click.option("--since", "since", default="24h", show_default=True, help="Window: 90m, 24h, 7d.")
 @click.option("--group", "groups", multiple=True, help="Only views in this group.")
