@@ -168,13 +168,16 @@ def _read(views: Sequence[str], groups: Sequence[str], window_s: float) -> _Seen
 def _expectations(defs: Any, graph: Any, keys: Sequence[Any]) -> dict[tuple[str, str], Expectation]:
     """Each view's schedules (those of the definitions' schedules whose job selects it) and
     freshness windows (its asset's freshness policy), as :class:`Expectation`."""
+    import dagster as dg
+
     from mv_orchestration.core.cron import CronSchedule
     from mv_orchestration.core.health import Expectation
 
     schedules: dict[Any, list[CronSchedule]] = {}
     for schedule in defs.schedules or ():
-        selection = getattr(schedule.job, "selection", None)
-        if selection is None:
+        try:  # the views a schedule's asset job selects (mvo's schedules all have one)
+            targets = schedule.job.selection.resolve(graph)
+        except (AttributeError, dg.DagsterError):  # no asset job: nothing to judge by it
             continue
         crons = schedule.cron_schedule
         for cron in [crons] if isinstance(crons, str) else crons:
@@ -182,7 +185,7 @@ def _expectations(defs: Any, graph: Any, keys: Sequence[Any]) -> dict[tuple[str,
                 parsed = CronSchedule(cron, schedule.execution_timezone or "UTC")
             except ValueError:  # a shape this reader does not know: not judged by it
                 continue
-            for key in selection.resolve(graph):
+            for key in targets:
                 schedules.setdefault(key, []).append(parsed)
     wanted = set(keys)
     policies = {
