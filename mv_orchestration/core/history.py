@@ -756,6 +756,36 @@ def read_stats(
         return cur.execute(stmt, params).fetchall()
 
 
+_LAST_SUCCESSES = """
+SELECT v.view_schema, v.view_name, last.finished_at
+FROM unnest(%(schemas)s::text[], %(names)s::text[]) AS v(view_schema, view_name)
+CROSS JOIN LATERAL (
+    SELECT max(h.finished_at) AS finished_at FROM {table} h
+    WHERE h.view_schema = v.view_schema AND h.view_name = v.view_name AND h.status = 'success'
+) last
+WHERE last.finished_at IS NOT NULL
+"""
+
+
+def read_last_successes(
+    conn: psycopg.Connection[Any], schema: str, views: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], datetime]:
+    """When each of ``views`` last refreshed successfully, however long ago (views never
+    refreshed are left out)."""
+    stmt = sql.SQL(_LAST_SUCCESSES).format(table=sql.Identifier(schema, "refresh_history"))
+    rows = conn.execute(stmt, _view_filter(views)).fetchall()
+    return {(str(s), str(n)): at for s, n, at in rows}
+
+
+def history_since(conn: psycopg.Connection[Any], schema: str) -> datetime | None:
+    """When the refresh history begins: its oldest attempt of any view (None when empty)."""
+    stmt = sql.SQL("SELECT min(started_at) FROM {}").format(
+        sql.Identifier(schema, "refresh_history")
+    )
+    row = conn.execute(stmt).fetchone()
+    return row[0] if row else None
+
+
 HISTORY_COLUMNS = (
     "id",
     "view_schema",
