@@ -1,7 +1,8 @@
 """Refresh history kept in the target database itself.
 
 Replaces the hand-built ``metrics_refresh_log`` + ``get_metrics_refresh_stats()`` +
-``cleanup_old_metrics_logs()`` of seed 004 for every materialized view.
+``cleanup_old_metrics_logs()`` that the SaaS metrics team wrote for one view, for every
+materialized view.
 
 What :func:`ensure_history` creates (schema ``mvo`` unless told otherwise), as numbered
 migrations recorded in ``<schema>.schema_migrations``:
@@ -16,8 +17,8 @@ migrations recorded in ``<schema>.schema_migrations``:
   - ``<schema>.last_refresh``: a view with one row per MV — ``data_as_of`` (when its last
     successful refresh finished), its row count then, and the last attempt's status, SQLSTATE
     and error. Apps read it to show "data as of …";
-  - ``<schema>.refresh_stats(hours integer DEFAULT 24)`` (like seed 004's
-    ``get_metrics_refresh_stats``) and ``<schema>.refresh_stats_since(since timestamptz)``
+  - ``<schema>.refresh_stats(hours integer DEFAULT 24)`` (like the SaaS metrics
+    team's ``get_metrics_refresh_stats``) and ``<schema>.refresh_stats_since(since timestamptz)``
     which it calls: per view over attempts started in the window — total, successes,
     failures, success rate (percent, 2 decimals), avg/min/max duration of the *successful*
     refreshes (a lock-timeout failure's duration measures waiting, not refreshing), last
