@@ -466,17 +466,26 @@ def _terminate_runs(instance: dg.DagsterInstance) -> None:
 
 
 def _terminate(instance: dg.DagsterInstance, run: dg.DagsterRun) -> None:
-    """Dagster's termination of ``run`` (the UI's Terminate). A run whose worker has not
-    started yet, and that Dagster cannot reach, is marked CANCELED: there is nothing to stop."""
+    """Dagster's termination of ``run`` (the UI's Terminate). A run whose worker had not
+    started, and still has not, is then marked CANCELED: there is nothing to stop, and its
+    worker, should it start after all, sees the run canceled and does nothing. Left
+    CANCELING, such a worker would exit without running it, and its code server mark it
+    FAILURE ("unexpectedly exited")."""
     try:
-        reached = bool(instance.run_coordinator.cancel_run(run.run_id))
-    except Exception as exc:
-        _echo(f"  run {run.run_id}: termination failed ({type(exc).__name__}: {exc})")
-        reached = False
-    if not reached and run.status in _UNSTARTED:
-        current = instance.get_run_by_id(run.run_id)
-        if current is not None and not current.is_finished:
-            instance.report_run_canceled(current, message="mvo dev stopped before it started")
+        instance.run_coordinator.cancel_run(run.run_id)
+    except Exception as exc:  # e.g. no code server runs it yet: said only for a started run
+        if run.status not in _UNSTARTED:
+            first = (str(exc).strip().splitlines() or [""])[0]  # no stack trace on the terminal
+            _echo(
+                f"  run {short_id(run.run_id)}: termination failed ({type(exc).__name__}: {first})"
+            )
+    if run.status in _UNSTARTED:
+        records = instance.get_run_records(dg.RunsFilter(run_ids=[run.run_id]))
+        current = records[0] if records else None
+        if current is not None and not current.dagster_run.is_finished and not current.start_time:
+            instance.report_run_canceled(
+                current.dagster_run, message="mvo dev stopped before the run started"
+            )
 
 
 def _group_alive(pgid: int) -> bool:
