@@ -80,7 +80,6 @@ LOG_TAIL_LINES = 10
 _POLL_S = 0.2
 _TICK_S = 0.5
 _REPORT_EVERY_S = 1.0
-_UNSTARTED = (dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING)
 _FINISHED = (
     dg.DagsterRunStatus.SUCCESS,
     dg.DagsterRunStatus.FAILURE,
@@ -466,26 +465,31 @@ def _terminate_runs(instance: dg.DagsterInstance) -> None:
 
 
 def _terminate(instance: dg.DagsterInstance, run: dg.DagsterRun) -> None:
-    """Dagster's termination of ``run`` (the UI's Terminate). A run whose worker had not
-    started, and still has not, is then marked CANCELED: there is nothing to stop, and its
+    """Dagster's termination of ``run`` (the UI's Terminate). A run whose worker has not
+    started it (no RUN_START) is then marked CANCELED: there is nothing to stop, and its
     worker, should it start after all, sees the run canceled and does nothing. Left
-    CANCELING, such a worker would exit without running it, and its code server mark it
-    FAILURE ("unexpectedly exited")."""
+    CANCELING, such a worker exits without running it and its code server marks it FAILURE
+    ("unexpectedly exited"). Its status is read again: a run listed QUEUED may have been
+    launched since."""
+    error: str | None = None
     try:
         instance.run_coordinator.cancel_run(run.run_id)
-    except Exception as exc:  # e.g. no code server runs it yet: said only for a started run
-        if run.status not in _UNSTARTED:
-            first = (str(exc).strip().splitlines() or [""])[0]  # no stack trace on the terminal
-            _echo(
-                f"  run {short_id(run.run_id)}: termination failed ({type(exc).__name__}: {first})"
-            )
-    if run.status in _UNSTARTED:
-        records = instance.get_run_records(dg.RunsFilter(run_ids=[run.run_id]))
-        current = records[0] if records else None
-        if current is not None and not current.dagster_run.is_finished and not current.start_time:
-            instance.report_run_canceled(
-                current.dagster_run, message="mvo dev stopped before the run started"
-            )
+    except Exception as exc:  # e.g. no code server runs it yet
+        first = (str(exc).strip().splitlines() or [""])[0]  # no stack trace on the terminal
+        error = f"{type(exc).__name__}: {first}"
+    current = instance.get_run_by_id(run.run_id)
+    if current is None or current.is_finished:
+        return
+    if not _started(instance, run.run_id):
+        instance.report_run_canceled(current, message="mvo dev stopped before the run started")
+    elif error is not None:
+        _echo(f"  run {short_id(run.run_id)}: termination failed ({error})")
+
+
+def _started(instance: dg.DagsterInstance, run_id: str) -> bool:
+    """Whether the run's worker has started executing it (its RUN_START event)."""
+    page = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.RUN_START, limit=1)
+    return bool(page.records)
 
 
 def _group_alive(pgid: int) -> bool:
