@@ -291,6 +291,7 @@ class _Session:
         self.reported: set[str] = set()
         # runs that end from now on (less a margin for the clocks of other hosts)
         self.since = datetime.now(UTC) - timedelta(seconds=5)
+        self.session_start = self.since.timestamp()
         self.storage_error: str | None = None
 
     def tick(self) -> None:
@@ -318,7 +319,10 @@ class _Session:
                 order_by="update_timestamp",
                 ascending=True,
             )
-            lines = [self._line(r) for r in records if r.dagster_run.run_id not in self.reported]
+            new = [r for r in records if r.dagster_run.run_id not in self.reported]
+            # a run that ended before this start, updated since (run retries tag it)
+            new = [r for r in new if (r.end_time or self.session_start) >= self.session_start]
+            lines = [self._line(r) for r in new]
         except Exception as exc:  # a storage hiccup: say so once, try again next time
             problem = type(exc).__name__
             if problem != self.storage_error:
