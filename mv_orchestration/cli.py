@@ -271,7 +271,7 @@ def dev(
         if reload_demo or not _demo_loaded(url):
             _echo_err(f"loading the demo systems (scale {scale}) ...")
             with psycopg.connect(url, autocommit=True) as conn:
-                counts = data.load_demo(conn, scale=scale, progress=lambda m: _echo_err(f"  {m}"))
+                counts = data.load_demo(conn, scale=scale)
             _echo_err(f"loaded {sum(counts.values()):,} rows into {len(counts)} tables")
         env["DATABASE_URL"] = url
         if not os.environ.get("MVO_POLICIES"):

@@ -3,9 +3,10 @@ it does in a few lines, and stops it so that no run is left behind.
 
 Starting:
 
-1. the code location's definitions are built once in this process
-   (:func:`check_definitions`), so that a bad setting or policy file fails ``mvo dev`` with
-   its one-line error before any server starts, rather than a UI showing the location as
+1. the UI's port must be free (:func:`check_port_free`), and the code location's
+   definitions are built once in this process (:func:`check_definitions`), so that a port
+   in use, a bad setting or a bad policy file fails ``mvo dev`` with its one-line error
+   before any server starts, rather than a UI that never answers or shows the location as
    failed;
 2. ``dg dev`` (:func:`dagster_dev_command`; ``dagster dev`` when the dg CLI is not installed)
    starts with its output going to ``dagster.log`` in the state directory (``--verbose``: to
@@ -40,10 +41,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import http.client
 import importlib.util
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -61,6 +64,7 @@ from typing import IO
 import click
 import dagster as dg
 
+from mv_orchestration.errors import ConfigError
 from mv_orchestration.lib.launcher import WORKER_TAG
 from mv_orchestration.lib.runs import ACTIVE_STATUSES, short_id
 
@@ -131,6 +135,27 @@ def check_definitions(env: Mapping[str, str]) -> None:
     with _environ(env), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         build_from_settings(Settings.from_env())
+
+
+def check_port_free(ui_url: str) -> None:
+    """The UI's address can be listened on: else a ``ConfigError``. Dagster's webserver
+    that cannot bind only logs it, while the daemon goes on running schedules, and the URL
+    would lead to whatever holds the port (another ``mvo dev``)."""
+    parts = urllib.parse.urlsplit(ui_url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as sock:
+            # as the webserver (uvicorn) binds: connections closing on the port do not count
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(infos[0][4])
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"port {port} on {host} is in use (another mvo dev or Dagster UI?): stop it, "
+                "or choose another port with --port"
+            ) from None
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 def _child_setup() -> None:  # pragma: no cover - runs in the child between fork and exec
@@ -205,6 +230,8 @@ def run_dagster_dev(
     state_dir = Path(env.get("MVO_STATE_DIR") or ".mvo")
     log_path = (state_dir if state_dir.is_absolute() else Path(cwd) / state_dir) / LOG_NAME
     with _handling(stop):
+        if ui_url is not None:
+            check_port_free(ui_url)
         check_definitions(env)
         if stop.requested.is_set():
             return 0

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import importlib.util
+import socket
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
-from mv_orchestration.devserver import dagster_dev_command, summary_line, trigger_of
+from mv_orchestration.devserver import (
+    check_port_free,
+    dagster_dev_command,
+    summary_line,
+    trigger_of,
+)
+from mv_orchestration.errors import ConfigError
 from mv_orchestration.lib.launcher import WORKER_TAG
 
 ENDED = datetime(2026, 12, 3, 14, 8, 12, tzinfo=UTC)
@@ -90,3 +98,13 @@ def test_the_command_is_dg_dev_when_the_dg_cli_is_installed() -> None:
         assert cmd[1:4] == ["-m", "dagster_dg_cli.cli", "dev"]
     else:
         assert cmd[1:3] == ["-W", "ignore:Function `dev_command` is superseded"]
+
+
+def test_a_port_in_use_is_refused_before_anything_starts() -> None:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        with pytest.raises(ConfigError, match=rf"^port {port} on 127.0.0.1 is in use"):
+            check_port_free(f"http://127.0.0.1:{port}")
+    check_port_free(f"http://127.0.0.1:{port}")  # free again
