@@ -320,7 +320,7 @@ def _ended_and_freed(
 
 
 def _dagster_dev_pid(mvo_dev: int) -> int:
-    """The ``dagster dev`` child of a ``mvo dev`` process (from /proc)."""
+    """The ``dg dev`` (or ``dagster dev``) child of a ``mvo dev`` process (from /proc)."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -329,7 +329,8 @@ def _dagster_dev_pid(mvo_dev: int) -> int:
             cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
         except (OSError, IndexError):
             continue
-        if int(stat[1]) == mvo_dev and b"dagster" in cmdline and b"dev" in cmdline:
+        server = {b"dagster", b"dagster_dg_cli.cli"} & set(cmdline)  # dagster dev, dg dev
+        if int(stat[1]) == mvo_dev and server and b"dev" in cmdline:
             return int(entry)
     raise AssertionError(f"no dagster dev under pid {mvo_dev}")
 
