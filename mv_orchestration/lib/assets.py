@@ -137,7 +137,8 @@ def _refresh_multi_asset(
         {d.asset_key for spec in specs for d in spec.deps} - own_keys,
         key=lambda k: tuple(k.path),
     )
-    # Nothing-typed inputs order this op after the chunks it reads from.
+    # one Nothing-typed input per upstream asset outside this chunk: sources, and MVs of the
+    # chunks this op must run after
     keys_by_input_name = {f"source_{i}": key for i, key in enumerate(external_deps)}
     keys_by_output_name = {names[ref]: plan.specs[ref].key for ref in refs}
     checks_by_output_name = {
