@@ -25,12 +25,23 @@ from mv_orchestration.cli.common import (
 from mv_orchestration.errors import ConfigError
 
 
-def _demo_loaded(url: str) -> bool:
+def _load_demo_if_needed(url: str, reload_demo: bool, scale: float) -> None:
+    """Load the demo unless it is complete; Ctrl-C during the load is one line, and the next
+    start loads it again (a partial load does not count as loaded)."""
     import psycopg
 
+    from mv_orchestration.demo import data
+
     with psycopg.connect(url, autocommit=True) as conn:
-        row = conn.execute("SELECT count(*) FROM pg_matviews").fetchone()
-    return bool(row and row[0] > 0)
+        if not reload_demo and data.demo_loaded(conn):
+            return
+        echo_err(f"loading the demo systems (scale {scale}) ...")
+        try:
+            counts = data.load_demo(conn, scale=scale)
+        except KeyboardInterrupt:
+            echo_err("interrupted while loading the demo: the next 'mvo dev' loads it again")
+            sys.exit(130)
+    echo_err(f"loaded {sum(counts.values()):,} rows into {len(counts)} tables")
 
 
 @click.command(short_help="Run the Dagster UI (on the demo without DATABASE_URL).")
@@ -50,7 +61,6 @@ def dev(
     host: str, port: int, reload_demo: bool, scale: float, generate: bool, verbose: bool
 ) -> None:
     """Run the Dagster UI; without DATABASE_URL, on the embedded demo database."""
-    import psycopg
 
     from mv_orchestration.demo import data
     from mv_orchestration.demo.embedded import create_database
@@ -66,11 +76,7 @@ def dev(
         echo_err(f"embedded PostgreSQL running ({server.pgdata}); stop it with 'mvo db stop'")
         create_database(server.url(), DEMO_DB)
         url = str(server.url(DEMO_DB))
-        if reload_demo or not _demo_loaded(url):
-            echo_err(f"loading the demo systems (scale {scale}) ...")
-            with psycopg.connect(url, autocommit=True) as conn:
-                counts = data.load_demo(conn, scale=scale)
-            echo_err(f"loaded {sum(counts.values()):,} rows into {len(counts)} tables")
+        _load_demo_if_needed(url, reload_demo, scale)
         env["DATABASE_URL"] = url
         if not os.environ.get("MVO_POLICIES"):
             env["MVO_POLICIES"] = str(Path(data.__file__).parent / "policies.yaml")

@@ -109,6 +109,18 @@ def load_demo(
     return counts
 
 
+def demo_loaded(conn: psycopg.Connection[Any]) -> bool:
+    """Whether every demo system is loaded: all its materialized views exist and are
+    populated (a load cut short, e.g. by Ctrl-C, leaves some missing)."""
+    expected = {(system, mv) for system in SYSTEMS for mv in BY_NAME[system].matviews}
+    rows = conn.execute(
+        "SELECT schemaname, matviewname FROM pg_matviews"
+        " WHERE schemaname = ANY(%s) AND ispopulated",
+        [list(SYSTEMS)],
+    ).fetchall()
+    return expected <= {(str(s), str(n)) for s, n in rows}
+
+
 def insert_batch(
     conn: psycopg.Connection[Any], system: str, rng: random.Random, *, rows: int = 20
 ) -> int:

@@ -309,6 +309,12 @@ def test_load_subset_and_progress(pg_server: PgServer) -> None:
             "saas.software_licenses",
         }
         assert messages and all(m.startswith("saas:") for m in messages)
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert not data.demo_loaded(conn)  # four systems missing
+            data.load_demo(conn, scale=0.01)
+            assert data.demo_loaded(conn)
+            conn.execute("DROP MATERIALIZED VIEW marketing.weekly_aggregations")
+            assert not data.demo_loaded(conn)
         with pytest.raises(ValueError):
             data.load_demo(conn, systems=("nope",))
     finally:
