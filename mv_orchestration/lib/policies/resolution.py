@@ -77,6 +77,8 @@ class PolicyFile:
                 else:
                     values[key] = value
         values["group"] = override
+        if "target_lag" not in values and (values.get("schedules") or values.get("on_change")):
+            values["target_lag"] = None  # refreshed as the file says: no default target lag
         return ViewPolicy(**values)
 
     def resolve_all(
