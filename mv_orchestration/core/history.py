@@ -637,3 +637,35 @@ def read_history(
     for col in ("duration_ms", "lock_wait_ms"):
         frame[col] = frame[col].astype("float64")
     return frame
+
+
+# --- target lag -------------------------------------------------------------------------------
+
+_DURATION_QUANTILE = """
+SELECT h.view_schema, h.view_name,
+       percentile_cont(%(quantile)s) WITHIN GROUP (ORDER BY h.duration_ms) AS ms
+FROM {table} h
+JOIN unnest(%(schemas)s::text[], %(names)s::text[]) AS v(view_schema, view_name)
+  ON h.view_schema = v.view_schema AND h.view_name = v.view_name
+WHERE h.status = 'success' AND h.started_at >= now() - %(window)s::interval
+GROUP BY h.view_schema, h.view_name
+"""
+
+
+def expected_durations(
+    conn: psycopg.Connection[Any],
+    schema: str,
+    views: Sequence[tuple[str, str]],
+    *,
+    hours: float = 24,
+    quantile: float = 0.9,
+) -> dict[tuple[str, str], float]:
+    """The ``quantile`` (default p90) of each view's successful refresh durations in seconds,
+    over attempts started in the last ``hours``; views without one are absent. One query."""
+    if not views:
+        return {}
+    stmt = sql.SQL(_DURATION_QUANTILE).format(table=sql.Identifier(schema, "refresh_history"))
+    params = {"quantile": quantile, "window": timedelta(hours=hours), **_view_filter(views)}
+    with conn.cursor() as cur:
+        rows = cur.execute(stmt, params).fetchall()
+    return {(s, n): float(ms) / 1000.0 for s, n, ms in rows if ms is not None}

@@ -1,0 +1,41 @@
+"""The history's figures for target lag, against a real server."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from mv_orchestration.core.history import DEFAULT_SCHEMA, ensure_history, expected_durations
+
+
+def _attempt(
+    conn: psycopg.Connection[Any], view: str, *, ago_s: float, ms: float, status: str = "success"
+) -> None:
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO {} (view_schema, view_name, started_at, finished_at, duration_ms,"
+            " status, attempts)"
+            " SELECT 'public', %(view)s, t, t, %(ms)s, %(status)s, 1"
+            " FROM (SELECT now() - make_interval(secs => %(ago)s) AS t) s"
+        ).format(sql.Identifier(DEFAULT_SCHEMA, "refresh_history")),
+        {"view": view, "ago": ago_s, "ms": ms, "status": status},
+    )
+
+
+def test_expected_durations_are_the_p90_of_recent_successes(conn: psycopg.Connection[Any]) -> None:
+    ensure_history(conn)
+    for i in range(1, 11):  # 1..10 s
+        _attempt(conn, "a", ago_s=60 * i, ms=1000.0 * i)
+    _attempt(conn, "a", ago_s=30, ms=99_000, status="failure")  # failures do not count
+    _attempt(conn, "a", ago_s=2 * 86400, ms=500_000)  # outside the 24 h window
+    _attempt(conn, "b", ago_s=60, ms=250)
+    found = expected_durations(
+        conn, DEFAULT_SCHEMA, [("public", "a"), ("public", "b"), ("public", "none")]
+    )
+    assert found[("public", "a")] == pytest.approx(9.1)  # percentile_cont(0.9) of 1..10
+    assert found[("public", "b")] == pytest.approx(0.25)
+    assert ("public", "none") not in found
+    assert expected_durations(conn, DEFAULT_SCHEMA, []) == {}
