@@ -96,6 +96,10 @@ class LagPlan:
     next_due_s: float | None = None
     # views with a pending change and the share of their target already used, for the skip
     used: Mapping[RelationRef, float] = field(default_factory=dict)
+    # per view refreshed: when its oldest pending change was first seen (epoch seconds) ...
+    since: Mapping[RelationRef, float] = field(default_factory=dict)
+    # ... and the target it is refreshed for (the smallest among the due views it serves)
+    deadline: Mapping[RelationRef, timedelta] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
         """``schema.view: <reason>`` per view, in name order."""
@@ -191,11 +195,19 @@ class LagScheduler:
                 )
         refresh = self._merge(due)
         self._explain_passengers(refresh, due, pending, reasons)
+        deadline: dict[RelationRef, timedelta] = {}
+        for chain in due:
+            own = self.targets[chain.view]
+            assert isinstance(own, timedelta)
+            for member in chain.members:
+                deadline[member] = min(deadline.get(member, own), own)
         return LagPlan(
             refresh=refresh,
             reasons=reasons,
             next_due_s=min(waits) if waits and not refresh else None,
             used=used,
+            since={m: min(pending[m].values()) for m in refresh if pending.get(m)},
+            deadline=deadline,
         )
 
     def _chain(

@@ -1,0 +1,350 @@
+"""The target-lag sensor: each view refreshed only as often as its target lag needs.
+
+Each tick reads the same change fingerprints as the source-change sensor
+(:mod:`mv_orchestration.lib.sensors`, whose bookkeeping it shares: a change stays pending until
+a refresh that saw it succeeds, busy views are not requested again, failing ones back off),
+dates every pending change, and asks :class:`~mv_orchestration.core.lag.LagScheduler` which
+views must start now to meet their targets. It requests at most one run per tick: the due
+views with every changed MV upstream of them, upstream first. The tick's message names the
+budget each changed view has used (``llm_usage.mv_daily_metrics: 3m12s of 5m used, refresh
+now``); a tick that sees no change says so and requests nothing.
+
+Dating a change: a token that differs from the one a view is fresh against changed after the
+last read that still saw the old token (kept per source in the cursor) and after the view's
+fresh tokens were read; :data:`STATS_DELAY_S` is taken off for counters that reach other
+sessions late. So the first change is never dated later than it happened, and the deadline
+errs early.
+
+Expected durations are the p90 of each view's successful refreshes over the last day
+(:func:`~mv_orchestration.core.history.expected_durations`); launch latency is the p90, over
+this sensor's last runs, of the time from a run's creation to its start
+(:func:`launch_latency_s`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import dagster as dg
+import psycopg
+
+from mv_orchestration.core import history
+from mv_orchestration.core.catalog import CatalogSnapshot, RelationRef
+from mv_orchestration.core.changes import (
+    ChangeState,
+    change_sources,
+    fingerprints,
+    state_to_json,
+)
+from mv_orchestration.core.graph import LineageGraph
+from mv_orchestration.core.lag import (
+    DEFAULT_LAUNCH_LATENCY_S,
+    LagPlan,
+    LagScheduler,
+    TargetLag,
+    format_duration,
+)
+from mv_orchestration.lib.resource import PostgresResource
+from mv_orchestration.lib.runs import ActiveRuns, short_id
+from mv_orchestration.lib.sensors import (
+    SENSOR_NAME_TAG,
+    _ChangeSensor,
+    _Runs,
+    _Tick,
+    _truncate,
+    observation,
+)
+from mv_orchestration.lib.translator import MvTranslator
+
+CURSOR_VERSION = 1
+STATS_DELAY_S = 1.0  # counters of a busy writer reach other sessions within about a second
+LAG_TAG = "mvo/lag"  # on a run: per view, when its oldest pending change was first seen
+TRIGGER = "target_lag"
+_LATENCY_RUNS = 20  # the sensor's last runs that measure launch latency
+_LISTED = 10
+
+
+def launch_latency_s(instance: dg.DagsterInstance, sensor: str) -> float:
+    """p90 of (start - creation) over the last runs the sensor requested that started;
+    :data:`~mv_orchestration.core.lag.DEFAULT_LAUNCH_LATENCY_S` before any did."""
+    records = instance.get_run_records(
+        dg.RunsFilter(tags={SENSOR_NAME_TAG: sensor}), limit=_LATENCY_RUNS
+    )
+    waits = sorted(
+        max(0.0, r.start_time - r.create_timestamp.timestamp())
+        for r in records
+        if r.start_time is not None
+    )
+    if not waits:
+        return DEFAULT_LAUNCH_LATENCY_S
+    return waits[min(len(waits) - 1, math.ceil(0.9 * len(waits)) - 1)]
+
+
+def lag_tag(plan: LagPlan) -> str:
+    """The ``mvo/lag`` tag of a run: ``[[schema, name, first change, target seconds], ...]``
+    for each view it refreshes, read by the refresh step for ``lag_at_completion``."""
+    rows = [
+        [ref.schema, ref.name, round(plan.since[ref], 3), plan.deadline[ref].total_seconds()]
+        for ref in plan.refresh
+        if ref in plan.since and ref in plan.deadline
+    ]
+    return json.dumps(rows, separators=(",", ":"))
+
+
+def parse_lag_tag(text: str | None) -> dict[RelationRef, tuple[float, float]]:
+    """Inverse of :func:`lag_tag`: view → (first change, target seconds); {} if unreadable."""
+    if not text:
+        return {}
+    try:
+        return {
+            RelationRef(str(s), str(n)): (float(at), float(t)) for s, n, at, t in json.loads(text)
+        }
+    except (ValueError, TypeError):
+        return {}
+
+
+@dataclass(frozen=True)
+class _Cursor:
+    changes: str | None  # the change-sensor cursor (core.changes)
+    # per source, tokens it no longer has → the last read that still saw them (epoch s)
+    left: Mapping[RelationRef, Mapping[str, float]]
+
+    @classmethod
+    def parse(cls, text: str | None) -> _Cursor:
+        """An unreadable outer cursor passes on as an unreadable change cursor: the change
+        logic then logs it once and rebuilds its state from the instance."""
+        if not text:
+            return cls(None, {})
+        try:
+            data = json.loads(text)
+            if data.get("v") != CURSOR_VERSION:
+                raise ValueError("version")
+            left = {
+                RelationRef(s, n): {str(k): float(v) for k, v in tokens.items()}
+                for s, n, tokens in data["left"]
+            }
+            changes = data["changes"]
+            return cls(changes if isinstance(changes, str) else None, left)
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return cls(text if text else None, {})
+
+    def dump(self) -> str:
+        left = [[r.schema, r.name, dict(t)] for r, t in sorted(self.left.items()) if t]
+        return json.dumps({"v": CURSOR_VERSION, "changes": self.changes, "left": left})
+
+
+class _LagSensor(_ChangeSensor):
+    """The tick logic of one target-lag sensor."""
+
+    def __init__(self, *, scheduler: LagScheduler, history_schema: str | None, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.scheduler = scheduler
+        self.history_schema = history_schema
+
+    def _durations(self, conn: psycopg.Connection[Any]) -> dict[RelationRef, float]:
+        if self.history_schema is None:
+            return {}
+        try:
+            found = history.expected_durations(
+                conn, self.history_schema, [(r.schema, r.name) for r in self.order]
+            )
+        except psycopg.Error:
+            if conn.broken:
+                raise
+            return {}  # no history (yet, or not readable): default durations
+        return {RelationRef(s, n): d for (s, n), d in found.items()}
+
+    def _since(
+        self,
+        tick: _Tick,
+        view: RelationRef,
+        source: RelationRef,
+        left: Mapping[RelationRef, Mapping[str, float]],
+        at: float,
+    ) -> float:
+        vs = tick.views[view]
+        token = vs.fresh.get(source)
+        last_seen = left.get(source, {}).get(token, 0.0) if token is not None else 0.0
+        known = max(vs.fresh_at, last_seen)
+        return (known if known > 0 else at) - STATS_DELAY_S
+
+    def __call__(
+        self, context: dg.SensorEvaluationContext, db: PostgresResource
+    ) -> dg.SensorResult:
+        outer = _Cursor.parse(context.cursor)
+        with db.connection() as conn:
+            fps = fingerprints(conn, sorted(self.source_keys))
+            durations = self._durations(conn)
+        at, now = time.time(), self.clock()
+        current = {ref: fp.token for ref, fp in fps.items()}
+        state, note = self.load(context, current, at, cursor=outer.changes or "")
+        left = _moved_on(outer.left, state, current)
+        runs = _Runs(ActiveRuns.read(context.instance))
+        tick = self.resolve(context.instance, state, current, runs, now)
+        eligible = set(self.classify(tick, current, runs, at, now))
+        pending = {
+            v: {
+                s: self._since(tick, v, s, left, at)
+                for s in tick.views[v].pending(self._of(v, current))
+            }
+            for v in self.order
+        }
+        plan = self.scheduler.plan(
+            pending=pending,
+            durations=durations,
+            launch_latency_s=launch_latency_s(context.instance, self.name),
+            now=now,
+            margin_s=self.interval_s,
+            busy=self._busy(tick),
+            unavailable={
+                v: f"backing off after failed refreshes, next try in "
+                f"{format_duration(max(0.0, math.ceil(t - now)))}"
+                for v, t in tick.backing_off.items()
+            },
+        )
+        selected = [v for v in plan.refresh if v in eligible]
+        events = [
+            observation(self.source_keys[ref], fp)
+            for ref, fp in sorted(fps.items())
+            if state.seen.get(ref) != fp.token
+        ]
+        moved = {ref for ref in current if state.seen.get(ref) != current[ref]}
+        parts = self._report(context, tick, note, moved, first=not outer.changes, now=now)
+        requests = []
+        message = _summary(plan)
+        if selected:
+            for line in plan.lines():
+                context.log.info(line)
+            tags = {
+                "mvo/trigger": TRIGGER,
+                "mvo/reason": _truncate(message),
+                LAG_TAG: lag_tag(plan),
+            }
+            requests.append(self._request(context, tick, selected, current, at, tags=tags))
+        new_state = ChangeState(current, at, tick.views)
+        cursor = _Cursor(state_to_json(new_state), _referenced(left, new_state)).dump()
+        return dg.SensorResult(
+            run_requests=requests,
+            skip_reason=None if requests else "; ".join([message, *parts]),
+            cursor=cursor,
+            asset_events=events,
+        )
+
+    def _busy(self, tick: _Tick) -> dict[RelationRef, str]:
+        busy = {
+            v: "run " + ", ".join(short_id(r) for r in sorted(ids)) for v, ids in tick.busy.items()
+        }
+        busy.update({v: "its run will be retried" for v in tick.waiting})
+        return busy
+
+
+def _moved_on(
+    left: Mapping[RelationRef, Mapping[str, float]],
+    state: ChangeState,
+    current: Mapping[RelationRef, str],
+) -> dict[RelationRef, dict[str, float]]:
+    """``left`` plus the tokens this tick found replaced: last seen at the previous read."""
+    out = {ref: dict(tokens) for ref, tokens in left.items()}
+    for ref, token in current.items():
+        old = state.seen.get(ref)
+        if old is not None and old != token and state.seen_at:
+            out.setdefault(ref, {})[old] = state.seen_at
+    return out
+
+
+def _referenced(
+    left: Mapping[RelationRef, Mapping[str, float]], state: ChangeState
+) -> dict[RelationRef, dict[str, float]]:
+    """Only the tokens some view is still fresh against or claimed with: the cursor stays
+    small."""
+    wanted: dict[RelationRef, set[str]] = {}
+    for vs in state.views.values():
+        for tokens in (vs.fresh, *(c.tokens for c in vs.claims)):
+            for ref, token in tokens.items():
+                wanted.setdefault(ref, set()).add(token)
+    return {
+        ref: {t: at for t, at in tokens.items() if t in wanted.get(ref, ())}
+        for ref, tokens in left.items()
+        if wanted.get(ref)
+    }
+
+
+def _summary(plan: LagPlan) -> str:
+    """The changed views, most of their budget used first, and a count of the others."""
+    changed = sorted(plan.used, key=lambda v: (-plan.used[v], v))
+    lines = [f"{v.qualname}: {plan.reasons[v]}" for v in changed[:_LISTED]]
+    if len(changed) > _LISTED:
+        lines.append(f"and {len(changed) - _LISTED} more changed view(s)")
+    others = [
+        v
+        for v in plan.reasons
+        if v not in plan.used and plan.reasons[v] == "no change, nothing to do"
+    ]
+    if others:
+        lines.append(f"{len(others)} view(s): no change, nothing to do")
+    return "; ".join(lines) or "no view with a target lag"
+
+
+def build_lag_sensor(
+    snapshot: CatalogSnapshot,
+    translator: MvTranslator,
+    targets: Mapping[RelationRef, TargetLag],
+    *,
+    resource_key: str = "postgres",
+    name: str = "mvo_target_lag",
+    minimum_interval_seconds: int = 15,
+    default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING,
+    history_schema: str | None = history.DEFAULT_SCHEMA,
+    clock: Callable[[], float] = time.time,
+) -> dg.SensorDefinition | None:
+    """The sensor that refreshes the views of ``targets`` (declared target lags) in time, or
+    None when no view has a duration target. Its target is those views and the MVs upstream
+    of them; ``clock`` is the scheduler's now (tests move it forward)."""
+    graph = LineageGraph(snapshot)
+    scheduler = LagScheduler(graph, targets)
+    if not scheduler.managed:
+        return None
+    managed = sorted(scheduler.managed)
+    sources = change_sources(snapshot, managed)
+    order = graph.refresh_order(sources)
+    watched = sorted(set().union(*sources.values()))
+    mv_keys = {mv: translator.get_asset_key(mv) for mv in order}
+    logic = _LagSensor(
+        scheduler=scheduler,
+        history_schema=history_schema,
+        name=name,
+        sources=sources,
+        order=order,
+        keys=mv_keys,
+        source_keys={ref: translator.get_asset_key(ref) for ref in watched},
+        interval_s=float(minimum_interval_seconds),
+        treat_first_as_change=False,
+        clock=clock,
+    )
+
+    @dg.sensor(
+        name=name,
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=default_status,
+        target=dg.AssetSelection.assets(*mv_keys.values()),
+        required_resource_keys={resource_key},
+        description=(
+            f"Keeps {len(scheduler.drivers)} materialized view(s) within their target lag: "
+            "refreshes a view (with the changed views upstream of it, first) only when "
+            "waiting longer would miss its target, and never when its sources did not "
+            "change. Each tick says how much of each changed view's target is used."
+        ),
+    )
+    def _lag_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        if not watched:
+            return dg.SensorResult(
+                skip_reason="no fingerprintable source tables (foreign tables only?)"
+            )
+        return logic(context, getattr(context.resources, resource_key))
+
+    return _lag_sensor

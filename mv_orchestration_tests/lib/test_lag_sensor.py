@@ -1,0 +1,195 @@
+"""The target-lag sensor against a real PostgreSQL server and a real (temporary) Dagster instance.
+
+Writes are followed by ``flush_stats`` (see conftest), so counters are visible at once. The
+sensor's clock is the real one plus an offset the tests move forward instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from typing import Any
+
+import dagster as dg
+import psycopg
+import pytest
+
+from mv_orchestration.core.catalog import CatalogSnapshot, RelationRef, read_catalog
+from mv_orchestration.core.lag import DOWNSTREAM, TargetLag
+from mv_orchestration.lib.assets import build_refresh_assets
+from mv_orchestration.lib.lag_sensor import LAG_TAG, build_lag_sensor, parse_lag_tag
+from mv_orchestration.lib.resource import PostgresResource
+from mv_orchestration.lib.sensors import RUN_KEY_TAG, SENSOR_NAME_TAG
+from mv_orchestration.lib.translator import MvTranslator
+from mv_orchestration_tests.conftest import flushed
+
+DDL = """
+CREATE SCHEMA src;
+CREATE TABLE src.orders (id serial PRIMARY KEY, amount int NOT NULL);
+CREATE TABLE src.visits (id serial PRIMARY KEY);
+INSERT INTO src.orders (amount) VALUES (10), (5);
+CREATE SCHEMA mart;
+CREATE MATERIALIZED VIEW mart.mv_base AS SELECT sum(amount) AS total FROM src.orders;
+CREATE MATERIALIZED VIEW mart.mv_top AS SELECT total * 2 AS doubled FROM mart.mv_base;
+CREATE MATERIALIZED VIEW mart.mv_visits AS SELECT count(*) AS n FROM src.visits;
+"""
+
+R = RelationRef
+BASE, TOP, VISITS = R("mart", "mv_base"), R("mart", "mv_top"), R("mart", "mv_visits")
+KEYS = {ref: dg.AssetKey([ref.schema, ref.name]) for ref in (BASE, TOP, VISITS)}
+TARGETS: dict[RelationRef, TargetLag] = {
+    BASE: DOWNSTREAM,
+    TOP: timedelta(minutes=2),
+    VISITS: timedelta(minutes=5),
+}
+
+
+@pytest.fixture
+def writer(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+    flushed(conn, DDL)
+    return conn
+
+
+@pytest.fixture
+def snapshot(writer: psycopg.Connection[Any]) -> CatalogSnapshot:
+    return read_catalog(writer, ["mart"])
+
+
+class Harness:
+    """The sensor in one Definitions, ticked as the daemon does (cursor carried over); each
+    requested run is executed in process, with the tags the daemon would give it."""
+
+    def __init__(self, db_url: str, snapshot: CatalogSnapshot, instance: dg.DagsterInstance):
+        translator = MvTranslator()
+        self.resource = PostgresResource(dsn=db_url)
+        self.offset = 0.0
+        sensor = build_lag_sensor(
+            snapshot, translator, TARGETS, clock=lambda: time.time() + self.offset
+        )
+        assert sensor is not None
+        self.sensor = sensor
+        self.defs = dg.Definitions(
+            assets=build_refresh_assets(snapshot, translator, name="refresh_default"),
+            sensors=[sensor],
+            resources={"postgres": self.resource},
+        )
+        self.instance = instance
+        self.cursor: str | None = None
+        self.results: list[dg.ExecuteInProcessResult] = []
+
+    def tick(self) -> Any:
+        with dg.build_sensor_context(
+            instance=self.instance,
+            cursor=self.cursor,
+            resources={"postgres": self.resource},
+            definitions=self.defs,
+        ) as context:
+            data = self.sensor.evaluate_tick(context)
+        for event in data.asset_events:
+            self.instance.report_runless_asset_event(event)
+        self.cursor = data.cursor
+        requests = data.run_requests or []
+        assert len(requests) <= 1  # one run per tick at most
+        for request in requests:
+            assert self.sensor.job_name is not None and request.run_key is not None
+            job = self.defs.resolve_job_def(self.sensor.job_name)
+            tags = {
+                **request.tags,
+                RUN_KEY_TAG: request.run_key,
+                SENSOR_NAME_TAG: self.sensor.name,
+            }
+            result = job.execute_in_process(
+                instance=self.instance,
+                asset_selection=list(request.asset_selection or []),
+                tags=tags,
+                raise_on_error=False,
+            )
+            self.results.append(result)
+        return data
+
+
+@pytest.fixture
+def harness(db_url: str, snapshot: CatalogSnapshot, instance: dg.DagsterInstance) -> Harness:
+    h = Harness(db_url, snapshot, instance)
+    first = h.tick()  # a baseline: the views are taken as fresh
+    assert first.run_requests == []
+    assert "baseline recorded for 2 source table(s)" in first.skip_message
+    return h
+
+
+def test_definition(harness: Harness, snapshot: CatalogSnapshot) -> None:
+    sensor = harness.sensor
+    assert sensor.name == "mvo_target_lag"
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    assert sensor.minimum_interval_seconds == 15
+    dg.Definitions.validate_loadable(harness.defs)
+    # no duration target at all: no sensor
+    assert build_lag_sensor(snapshot, MvTranslator(), {BASE: DOWNSTREAM}) is None
+
+
+def test_no_change_no_run(harness: Harness) -> None:
+    for offset in (0.0, 600.0, 7200.0):  # however long it waits, nothing changed
+        harness.offset = offset
+        data = harness.tick()
+        assert data.run_requests == []
+        assert data.skip_message.startswith("3 view(s): no change, nothing to do")
+    assert harness.results == []
+
+
+def test_one_change_one_run_just_in_time(
+    harness: Harness, writer: psycopg.Connection[Any], instance: dg.DagsterInstance
+) -> None:
+    flushed(writer, "INSERT INTO src.visits DEFAULT VALUES")
+    waiting = harness.tick()
+    assert waiting.run_requests == []
+    # 5m target; no history yet: 5 s expected refresh, 15 s launch latency; 15 s ticks
+    assert waiting.skip_message.startswith("mart.mv_visits: ")
+    assert " of 5m used, refresh in 4m" in waiting.skip_message
+    assert "(expected 5s for 1 view + 15s launch)" in waiting.skip_message
+    assert "2 view(s): no change, nothing to do" in waiting.skip_message
+
+    # latest start: 5m - 20 s after the change (dated at the previous read, 1 s earlier)
+    harness.offset = 4 * 60.0  # 40 s left: a later tick (15 s on) can still make it
+    assert harness.tick().run_requests == []
+    harness.offset = 4 * 60.0 + 30  # the next tick would be too late
+    due = harness.tick()
+    [request] = due.run_requests
+    assert request.asset_selection == [KEYS[VISITS]]
+    assert request.tags["mvo/trigger"] == "target_lag"
+    assert "mart.mv_visits: 4m3" in request.tags["mvo/reason"]
+    assert "of 5m used, refresh now" in request.tags["mvo/reason"]
+    [(since, target)] = parse_lag_tag(request.tags[LAG_TAG]).values()
+    assert target == 300.0 and time.time() - 10 < since < time.time()
+    [result] = harness.results
+    assert result.success
+
+    for offset in (5 * 60.0, 3600.0):  # the refresh is credited: nothing more to do
+        harness.offset = offset
+        after = harness.tick()
+        assert after.run_requests == []
+        assert "mart.mv_visits" not in after.skip_message
+    assert len(harness.results) == 1
+
+
+def test_chain_with_downstream_upstream_is_one_run_upstream_first(
+    harness: Harness, writer: psycopg.Connection[Any]
+) -> None:
+    flushed(writer, "INSERT INTO src.orders (amount) VALUES (7)")
+    waiting = harness.tick()
+    assert waiting.run_requests == []
+    assert "mart.mv_top: " in waiting.skip_message
+    assert "(expected 10s for 2 views, upstream first + 15s launch)" in waiting.skip_message
+    assert "mart.mv_base: changed; refreshed with the views that read it (target 2m)" not in (
+        waiting.skip_message
+    )  # only views with a target of their own are listed
+
+    harness.offset = 2 * 60.0
+    due = harness.tick()
+    [request] = due.run_requests
+    assert set(request.asset_selection) == {KEYS[BASE], KEYS[TOP]}
+    [result] = harness.results
+    assert result.success
+    mats = result.asset_materializations_for_node("refresh_default")
+    assert [m.asset_key for m in mats] == [KEYS[BASE], KEYS[TOP]]
+    assert writer.execute("SELECT doubled FROM mart.mv_top").fetchone() == (44,)
+    assert harness.tick().run_requests == []
