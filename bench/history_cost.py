@@ -5,9 +5,12 @@ MV. For each MV, three variants run interleaved, one sample of each per round, t
 reversed every other round:
 
 (1) :func:`~mv_orchestration.core.refresh.refresh_view` alone;
-(2) ``refresh_view`` with the history write exactly as the asset step does it:
-    ``record=history.success_record(...)``, the ``INSERT`` run in the refresh's own
-    transaction, as a CTE of a statement the refresh sends anyway;
+(2) ``refresh_view`` with the history writes exactly as the asset step does them:
+    :func:`~mv_orchestration.core.history.begin_attempt` first (the attempt's ``running``
+    row, one autocommit ``INSERT``, so that a killed process still leaves a row), then
+    ``record=history.success_record(..., attempt_id=...)``, the ``UPDATE`` that completes the
+    row run in the refresh's own transaction, as a CTE of a statement the refresh sends
+    anyway;
 (3) for comparison, ``refresh_view`` followed by a separate write,
     :func:`~mv_orchestration.core.history.record_success` (one autocommit ``INSERT``: its
     own transaction and round trip), as the asset step wrote history before.
@@ -26,6 +29,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
@@ -129,7 +133,6 @@ def run_history_cost(
     cases: list[HistoryCase] = []
     with psycopg.connect(db_url, autocommit=True) as conn:
         history.ensure_history(conn, history.DEFAULT_SCHEMA)
-        record = history.success_record(conn, history.DEFAULT_SCHEMA, run_id=RUN_ID)
         for schema, name, description in VIEWS:
             alone: list[float] = []
             both: list[float] = []
@@ -144,6 +147,17 @@ def run_history_cost(
 
             def refresh_with_history(schema: str = schema, name: str = name) -> float:
                 t0 = time.perf_counter()
+                attempt = history.begin_attempt(
+                    conn,
+                    history.DEFAULT_SCHEMA,
+                    view_schema=schema,
+                    view_name=name,
+                    started_at=datetime.now(UTC),
+                    run_id=RUN_ID,
+                )
+                record = history.success_record(
+                    conn, history.DEFAULT_SCHEMA, run_id=RUN_ID, attempt_id=attempt
+                )
                 result = refresh_view(conn, schema, name, record=record)
                 elapsed = time.perf_counter() - t0
                 if result.record_error is not None:

@@ -27,6 +27,13 @@ migrations recorded in ``<schema>.schema_migrations``:
   signal; the view kept its previous contents). Cancelled attempts count neither as
   successes nor as failures in ``refresh_stats``: ``total`` and ``success_rate`` are over
   successes and failures only.
+* **version 3**: status ``running``. Each refresh writes its row *before* it starts (status
+  ``running``, ``finished_at`` and ``duration_ms`` still NULL, and the session's
+  ``backend_pid``/``backend_start``) and completes that same row when it ends. A row still
+  ``running`` whose session no longer exists (a SIGKILLed worker, a lost connection, a
+  crashed server) is marked ``cancelled`` by :func:`sweep_abandoned`, which every refresh
+  step runs when it opens the history; its ``finished_at`` stays NULL (the end was not
+  seen). ``last_refresh.last_status`` is ``running`` while a refresh runs.
 
 Migrations run in one transaction under a transaction-level advisory lock, so concurrent
 callers (several code servers, run workers) neither race nor fail; a call that finds every
@@ -41,6 +48,7 @@ where the product must not create objects) is the caller's decision. Granting ap
 from __future__ import annotations
 
 import hashlib
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -218,6 +226,23 @@ BEGIN ATOMIC
 END;
 """,
     ),
+    (
+        3,
+        """
+ALTER TABLE {schema}.refresh_history
+    ALTER COLUMN finished_at DROP NOT NULL,
+    ALTER COLUMN duration_ms DROP NOT NULL,
+    ADD COLUMN backend_pid integer,
+    ADD COLUMN backend_start timestamptz;
+ALTER TABLE {schema}.refresh_history DROP CONSTRAINT refresh_history_status_check;
+ALTER TABLE {schema}.refresh_history ADD CONSTRAINT refresh_history_status_check
+    CHECK (status IN ('running', 'success', 'failure', 'cancelled'));
+CREATE INDEX refresh_history_running_idx ON {schema}.refresh_history (id)
+    WHERE status = 'running';
+COMMENT ON COLUMN {schema}.refresh_history.backend_pid IS
+    'The refreshing session (with backend_start): a running row whose session is gone was cut off.';
+""",
+    ),
 )
 
 
@@ -331,42 +356,152 @@ def unavailable_message(conn: psycopg.Connection[Any], schema: str, exc: psycopg
     )
 
 
-_INSERT = """
-INSERT INTO {table} (
-    view_schema, view_name, run_id, started_at, finished_at, duration_ms, method,
-    rows_before, rows_after, size_bytes, lock_wait_ms, status, sqlstate, error_message, attempts
-) VALUES (
-    %(view_schema)s, %(view_name)s, %(run_id)s, %(started_at)s, %(finished_at)s,
-    %(duration_ms)s, %(method)s, %(rows_before)s, %(rows_after)s, %(size_bytes)s,
-    %(lock_wait_ms)s, %(status)s, %(sqlstate)s, %(error_message)s, %(attempts)s
+# The columns an attempt's outcome sets; a row is either inserted whole (no row written before
+# the refresh) or, with an ``attempt_id`` from :func:`begin_attempt`, completed by an UPDATE.
+_OUTCOME_COLUMNS = (
+    "finished_at",
+    "duration_ms",
+    "method",
+    "rows_before",
+    "rows_after",
+    "size_bytes",
+    "lock_wait_ms",
+    "status",
+    "sqlstate",
+    "error_message",
+    "attempts",
 )
+_ROW_COLUMNS = ("view_schema", "view_name", "run_id", "started_at", *_OUTCOME_COLUMNS)
+
+_INSERT = "INSERT INTO {table} ({columns}) VALUES ({values})"
+_UPDATE = "UPDATE {table} SET {assignments} WHERE id = %(attempt_id)s"
+_BEGIN = """
+INSERT INTO {table} (view_schema, view_name, run_id, started_at, status, backend_pid,
+                     backend_start)
+VALUES (%s, %s, %s, %s, 'running', %s, %s)
+RETURNING id
 """
+_SESSION = (
+    b"SELECT pg_backend_pid(), backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+)
+# A running row is abandoned when no session with its pid and start exists any more. A role
+# without pg_read_all_stats sees other roles' backend_start as NULL: the pid alone decides.
+_SWEEP = """
+UPDATE {table} h
+SET status = 'cancelled', error_message = %s
+WHERE h.status = 'running'
+  AND NOT EXISTS (
+      SELECT 1 FROM pg_stat_activity a
+      WHERE a.pid = h.backend_pid
+        AND (a.backend_start IS NULL OR h.backend_start IS NULL
+             OR a.backend_start = h.backend_start))
+"""
+ABANDONED_REASON = (
+    "the refreshing session ended before the refresh did (its process was killed, or the "
+    "connection or the server was lost); the view kept its previous data"
+)
+
+_statements: dict[tuple[str, str, str], bytes] = {}
 
 
-_insert_statements: dict[tuple[str, str], bytes] = {}
-
-
-def _insert_statement(conn: psycopg.Connection[Any], schema: str) -> bytes:
-    """The INSERT for ``schema``, composed once per schema and client encoding (all that
-    quoting the identifier depends on): each write then skips composing, and the same bytes
-    hit psycopg's query cache and its prepared statement."""
-    key = (schema, conn.info.encoding)
-    stmt = _insert_statements.get(key)
+def _statement(conn: psycopg.Connection[Any], schema: str, kind: str) -> bytes:
+    """The ``kind`` statement (begin, insert, update) for ``schema``, composed once per schema and
+    client encoding (all that quoting the identifier depends on): each write then skips
+    composing, and the same bytes hit psycopg's query cache and its prepared statement."""
+    key = (schema, conn.info.encoding, kind)
+    stmt = _statements.get(key)
     if stmt is None:
-        composed = sql.SQL(_INSERT).format(table=sql.Identifier(schema, "refresh_history"))
-        stmt = _insert_statements[key] = composed.as_bytes(conn)
+        table = sql.Identifier(schema, "refresh_history")
+        if kind == "begin":
+            composed = sql.SQL(_BEGIN).format(table=table)
+        elif kind == "insert":
+            composed = sql.SQL(_INSERT).format(
+                table=table,
+                columns=sql.SQL(", ").join(map(sql.Identifier, _ROW_COLUMNS)),
+                values=sql.SQL(", ").join(map(sql.Placeholder, _ROW_COLUMNS)),
+            )
+        else:
+            composed = sql.SQL(_UPDATE).format(
+                table=table,
+                assignments=sql.SQL(", ").join(
+                    sql.SQL("{} = {}").format(sql.Identifier(c), sql.Placeholder(c))
+                    for c in _OUTCOME_COLUMNS
+                ),
+            )
+        stmt = _statements[key] = composed.as_bytes(conn)
     return stmt
 
 
-def _insert(conn: psycopg.Connection[Any], schema: str, row: dict[str, Any]) -> None:
-    stmt = _insert_statement(conn, schema)
+def _write_statement(
+    conn: psycopg.Connection[Any], schema: str, row: dict[str, Any], attempt_id: int | None
+) -> tuple[bytes, dict[str, Any]]:
+    if attempt_id is None:
+        return _statement(conn, schema, "insert"), row
+    return _statement(conn, schema, "update"), {**row, "attempt_id": attempt_id}
+
+
+def _run(
+    conn: psycopg.Connection[Any], stmt: bytes | sql.Composed, params: Any
+) -> psycopg.Cursor[Any]:
+    """Execute one statement as its own transaction; the cursor's result stays readable."""
     if conn.autocommit and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
-        # A single INSERT is its own transaction: one round trip instead of the three of
-        # BEGIN/INSERT/COMMIT (its cost against a small refresh: docs/benchmarks.md, C).
-        conn.execute(stmt, row)
-        return
+        # A single statement is its own transaction: one round trip instead of the three of
+        # BEGIN/statement/COMMIT (its cost against a small refresh: docs/benchmarks.md, C).
+        return conn.execute(stmt, params)
     with conn.transaction():
-        conn.execute(stmt, row)
+        return conn.execute(stmt, params)
+
+
+def _write(
+    conn: psycopg.Connection[Any], schema: str, row: dict[str, Any], attempt_id: int | None
+) -> None:
+    _run(conn, *_write_statement(conn, schema, row, attempt_id))
+
+
+def begin_attempt(
+    conn: psycopg.Connection[Any],
+    schema: str,
+    *,
+    view_schema: str,
+    view_name: str,
+    started_at: datetime,
+    run_id: str | None,
+) -> int:
+    """Write an attempt's ``running`` row before it starts (committed at once, version 3);
+    return its id, which the outcome's record completes."""
+    pid, backend_start = _session(conn)
+    params = [view_schema, view_name, run_id, started_at, pid, backend_start]
+    row = _run(conn, _statement(conn, schema, "begin"), params).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+_sessions: weakref.WeakKeyDictionary[psycopg.Connection[Any], tuple[int, datetime | None]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _session(conn: psycopg.Connection[Any]) -> tuple[int, datetime | None]:
+    """The connection's backend pid and start, read once per connection (a pid alone could
+    be reused by a later session)."""
+    known = _sessions.get(conn)
+    if known is None or known[0] != conn.info.backend_pid:
+        row = _run(conn, _SESSION, None).fetchone()
+        known = _sessions[conn] = (conn.info.backend_pid, row[1] if row else None)
+    return known
+
+
+def forget_attempt(conn: psycopg.Connection[Any], schema: str, attempt_id: int) -> None:
+    """Delete a ``running`` row of an attempt that did not happen (the view was being
+    refreshed by another session)."""
+    stmt = sql.SQL("DELETE FROM {} WHERE id = %s").format(sql.Identifier(schema, "refresh_history"))
+    _run(conn, stmt, [attempt_id])
+
+
+def sweep_abandoned(conn: psycopg.Connection[Any], schema: str) -> int:
+    """Mark ``cancelled`` every ``running`` row whose session has ended; return how many."""
+    stmt = sql.SQL(_SWEEP).format(table=sql.Identifier(schema, "refresh_history"))
+    return _run(conn, stmt, [ABANDONED_REASON]).rowcount
 
 
 def _success_row(result: RefreshResult, run_id: str | None) -> dict[str, Any]:
@@ -389,12 +524,18 @@ def _success_row(result: RefreshResult, run_id: str | None) -> dict[str, Any]:
     }
 
 
-def success_record(conn: psycopg.Connection[Any], schema: str, *, run_id: str | None) -> Record:
-    """The ``record`` for :func:`~mv_orchestration.core.refresh.refresh_view` that appends
-    one ``success`` row. Run in the refresh's own transaction, on its last statement, it
-    costs the refresh no round trip of its own (docs/benchmarks.md, C)."""
-    stmt = _insert_statement(conn, schema)
-    return lambda result: (stmt, _success_row(result, run_id))
+def success_record(
+    conn: psycopg.Connection[Any],
+    schema: str,
+    *,
+    run_id: str | None,
+    attempt_id: int | None = None,
+) -> Record:
+    """The ``record`` for :func:`~mv_orchestration.core.refresh.refresh_view` that writes
+    the ``success`` row (completing ``attempt_id``'s ``running`` row, if given). Run in the
+    refresh's own transaction, on its last statement, it costs the refresh no round trip of
+    its own (docs/benchmarks.md, C), and commits with it or not at all."""
+    return lambda result: _write_statement(conn, schema, _success_row(result, run_id), attempt_id)
 
 
 def record_success(
@@ -402,7 +543,7 @@ def record_success(
 ) -> None:
     """Append one ``success`` row for ``result`` (a refresh done without
     :func:`success_record`)."""
-    _insert(conn, schema, _success_row(result, run_id))
+    _write(conn, schema, _success_row(result, run_id), None)
 
 
 def record_failure(
@@ -416,8 +557,9 @@ def record_failure(
     finished_at: datetime,
     run_id: str | None,
     attempts: int | None = None,
+    attempt_id: int | None = None,
 ) -> None:
-    """Append one ``failure`` row.
+    """Write one ``failure`` row (completing ``attempt_id``'s ``running`` row, if given).
 
     A :class:`RefreshError` gives SQLSTATE, the server's message, the method, the duration
     of the failed attempt and the number of attempts (unless ``attempts`` is given); any
@@ -441,26 +583,24 @@ def record_failure(
         message = f"{type(error).__name__}: {text}" if text else type(error).__name__
     if duration_s is None:
         duration_s = max(0.0, (finished_at - started_at).total_seconds())
-    _insert(
+    _write(
         conn,
         schema,
-        {
-            "view_schema": view_schema,
-            "view_name": view_name,
-            "run_id": run_id,
-            "started_at": started_at,
-            "finished_at": finished_at,
-            "duration_ms": duration_s * 1000.0,
-            "method": method,
-            "rows_before": None,
-            "rows_after": None,
-            "size_bytes": None,
-            "lock_wait_ms": None if lock_wait_s is None else lock_wait_s * 1000.0,
-            "status": "failure",
-            "sqlstate": sqlstate,
-            "error_message": message,
-            "attempts": 1 if attempts is None else attempts,
-        },
+        _outcome_row(
+            view_schema,
+            view_name,
+            run_id,
+            started_at,
+            finished_at,
+            status="failure",
+            duration_s=duration_s,
+            method=method,
+            lock_wait_s=lock_wait_s,
+            sqlstate=sqlstate,
+            message=message,
+            attempts=1 if attempts is None else attempts,
+        ),
+        attempt_id,
     )
 
 
@@ -475,29 +615,61 @@ def record_cancelled(
     finished_at: datetime,
     run_id: str | None,
     method: str | None = None,
+    attempt_id: int | None = None,
 ) -> None:
-    """Append one ``cancelled`` row: an attempt stopped on purpose (``reason``), rolled back."""
-    _insert(
+    """Write one ``cancelled`` row (completing ``attempt_id``'s, if given): an attempt stopped
+    on purpose (``reason``), rolled back."""
+    _write(
         conn,
         schema,
-        {
-            "view_schema": view_schema,
-            "view_name": view_name,
-            "run_id": run_id,
-            "started_at": started_at,
-            "finished_at": finished_at,
-            "duration_ms": max(0.0, (finished_at - started_at).total_seconds()) * 1000.0,
-            "method": method,
-            "rows_before": None,
-            "rows_after": None,
-            "size_bytes": None,
-            "lock_wait_ms": None,
-            "status": "cancelled",
-            "sqlstate": None,
-            "error_message": reason,
-            "attempts": 1,
-        },
+        _outcome_row(
+            view_schema,
+            view_name,
+            run_id,
+            started_at,
+            finished_at,
+            status="cancelled",
+            duration_s=max(0.0, (finished_at - started_at).total_seconds()),
+            method=method,
+            message=reason,
+        ),
+        attempt_id,
     )
+
+
+def _outcome_row(
+    view_schema: str,
+    view_name: str,
+    run_id: str | None,
+    started_at: datetime,
+    finished_at: datetime,
+    *,
+    status: str,
+    duration_s: float,
+    method: str | None,
+    message: str,
+    lock_wait_s: float | None = None,
+    sqlstate: str | None = None,
+    attempts: int = 1,
+) -> dict[str, Any]:
+    """A row without a refresh result (failure, cancelled)."""
+    return {
+        "view_schema": view_schema,
+        "view_name": view_name,
+        "run_id": run_id,
+        "started_at": started_at,
+        "finished_at": finished_at,
+        "duration_ms": duration_s * 1000.0,
+        "method": method,
+        "rows_before": None,
+        "rows_after": None,
+        "size_bytes": None,
+        "lock_wait_ms": None if lock_wait_s is None else lock_wait_s * 1000.0,
+        "status": status,
+        "sqlstate": sqlstate,
+        "error_message": message,
+        "attempts": attempts,
+    }
 
 
 def purge_history(

@@ -98,6 +98,8 @@ class RefreshStep:
         self.run_id = context.run.run_id
         self.history_schema = plan.history_schema
         self.record: Record | None = None
+        # history version 3 and later: each attempt's row is written before it starts
+        self.attempt_rows = False
         self.order: list[RelationRef] = []
         self.failed: dict[RelationRef, BaseException] = {}
         self.blocked: dict[RelationRef, list[str]] = {}
@@ -217,6 +219,51 @@ class RefreshStep:
                 return
         # each success row commits with its refresh (core/refresh.py)
         self.record = history.success_record(conn, schema, run_id=self.run_id)
+        self.attempt_rows = history.current_version(conn, schema) >= 3
+        if self.attempt_rows:
+            self._sweep_abandoned(conn, schema)
+
+    def _sweep_abandoned(self, conn: psycopg.Connection[Any], schema: str) -> None:
+        """Close the rows of attempts whose session died with them (a SIGKILLed worker, a
+        lost connection, a crashed server): they were never completed."""
+        try:
+            swept = history.sweep_abandoned(conn, schema)
+        except psycopg.Error as exc:
+            if conn.broken:
+                raise
+            self.log.error(f"{schema}: abandoned attempts not closed: {_one_line(exc)}")
+            return
+        if swept:
+            self.log.warning(
+                f"{swept} earlier refresh attempt(s) whose session had ended are recorded as "
+                f"cancelled in {schema}.refresh_history"
+            )
+
+    def _begin_attempt(
+        self, conn: psycopg.Connection[Any], ref: RelationRef, started: datetime
+    ) -> int | None:
+        """The attempt's ``running`` row, committed before the refresh starts, so that even
+        a killed process leaves one; on failure, one line, and rows written afterwards."""
+        schema = self.history_schema
+        if schema is None or not self.attempt_rows:
+            return None
+        try:
+            return history.begin_attempt(
+                conn,
+                schema,
+                view_schema=ref.schema,
+                view_name=ref.name,
+                started_at=started,
+                run_id=self.run_id,
+            )
+        except psycopg.Error as exc:
+            if conn.broken:
+                raise
+            self.attempt_rows = False
+            self.log.error(
+                f"{schema}: attempts are recorded when they end, not before: {_one_line(exc)}"
+            )
+            return None
 
     # --- 3. each view -----------------------------------------------------------------------
 
@@ -232,6 +279,12 @@ class RefreshStep:
             return
         self.log.info(f"{tag} refreshing {ref.qualname} ...")
         started = datetime.now(UTC)
+        attempt = self._begin_attempt(conn, ref, started)
+        record = self.record
+        if attempt is not None and self.history_schema is not None:
+            record = history.success_record(
+                conn, self.history_schema, run_id=self.run_id, attempt_id=attempt
+            )
         try:
             result = refresh_view(
                 conn,
@@ -240,18 +293,18 @@ class RefreshStep:
                 self.db.refresh_options,
                 on_retry=lambda e, n, d: self.log.warning(f"{e}; retry {n} in {d:.1f}s"),
                 lock_monitor=monitor,
-                record=self.record,
+                record=record,
             )
         except RefreshInProgressError as exc:
-            self._held_elsewhere(ref, exc, tag)
+            self._held_elsewhere(conn, ref, exc, tag, attempt)
             return
         except MvoError as exc:
-            self._failed(conn, ref, exc, started, tag)
+            self._failed(conn, ref, exc, started, tag, attempt)
             return
         except Exception:
             raise
         except BaseException as exc:
-            self._cancelled(ref, exc, started, tag)
+            self._cancelled(ref, exc, started, tag, attempt)
             raise
         yield self._report(conn, ref, result, tag)
 
@@ -267,8 +320,19 @@ class RefreshStep:
         self.log.warning(f"{tag} skipped {ref.qualname}: upstream {names} {why}")
         return True
 
-    def _held_elsewhere(self, ref: RelationRef, exc: RefreshInProgressError, tag: str) -> None:
-        """Overlap: another session refreshes this view now. A skip, not a failure."""
+    def _held_elsewhere(
+        self,
+        conn: psycopg.Connection[Any],
+        ref: RelationRef,
+        exc: RefreshInProgressError,
+        tag: str,
+        attempt: int | None,
+    ) -> None:
+        """Overlap: another session refreshes this view now. A skip, not a failure (and no
+        history row: the attempt's ``running`` row goes)."""
+        if attempt is not None and self.history_schema is not None:
+            with contextlib.suppress(psycopg.Error):
+                history.forget_attempt(conn, self.history_schema, attempt)
         run = run_id_of_application(exc.holder_application)
         if run:
             who = f"run {run}"
@@ -292,6 +356,7 @@ class RefreshStep:
         exc: MvoError,
         started: datetime,
         tag: str,
+        attempt: int | None,
     ) -> None:
         self.failed[ref] = exc
         self.log.error(f"{tag} {exc}")
@@ -310,6 +375,7 @@ class RefreshStep:
                     started_at=started,
                     finished_at=datetime.now(UTC),
                     run_id=self.run_id,
+                    attempt_id=attempt,
                 )
         except (psycopg.Error, PoolTimeout) as write_error:
             self.log.error(
@@ -317,7 +383,14 @@ class RefreshStep:
                 f"{_one_line(write_error)}"
             )
 
-    def _cancelled(self, ref: RelationRef, exc: BaseException, started: datetime, tag: str) -> None:
+    def _cancelled(
+        self,
+        ref: RelationRef,
+        exc: BaseException,
+        started: datetime,
+        tag: str,
+        attempt: int | None,
+    ) -> None:
         """An interrupted refresh (rolled back by core.refresh): a ``cancelled`` row and an
         observation, written quickly on a new connection, before Dagster ends the run."""
         reason = interruption_reason(exc)
@@ -349,6 +422,7 @@ class RefreshStep:
                     started_at=started,
                     finished_at=finished,
                     run_id=self.run_id,
+                    attempt_id=attempt,
                 )
         except Exception as write_error:  # the interruption goes on regardless
             self.log.error(

@@ -101,10 +101,10 @@ def sales(hist: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
 
 
 def test_ensure_is_idempotent_and_versioned(conn: psycopg.Connection[Any]) -> None:
-    assert latest_version() == 2
-    assert ensure_history(conn) == 2
+    assert latest_version() == 3
+    assert ensure_history(conn) == 3
     applied_at = conn.execute("SELECT applied_at FROM mvo.schema_migrations").fetchall()
-    assert ensure_history(conn) == 2
+    assert ensure_history(conn) == 3
     # nothing re-applied: same single row, same timestamp
     assert conn.execute("SELECT applied_at FROM mvo.schema_migrations").fetchall() == applied_at
     objects = conn.execute(
@@ -130,21 +130,21 @@ def test_ensure_is_idempotent_and_versioned(conn: psycopg.Connection[Any]) -> No
 def test_later_migration_is_applied_once(
     conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert ensure_history(conn, ODD) == 2
+    assert ensure_history(conn, ODD) == 3
     monkeypatch.setattr(
         history,
         "MIGRATIONS",
-        [*history.MIGRATIONS, (3, "ALTER TABLE {schema}.refresh_history ADD COLUMN note text")],
+        [*history.MIGRATIONS, (4, "ALTER TABLE {schema}.refresh_history ADD COLUMN note text")],
     )
-    assert latest_version() == 3
-    assert ensure_history(conn, ODD) == 3
-    assert ensure_history(conn, ODD) == 3  # would fail "column already exists" if re-run
+    assert latest_version() == 4
+    assert ensure_history(conn, ODD) == 4
+    assert ensure_history(conn, ODD) == 4  # would fail "column already exists" if re-run
     versions = conn.execute(
         sql.SQL("SELECT version FROM {} ORDER BY 1").format(
             sql.Identifier(ODD, "schema_migrations")
         )
     ).fetchall()
-    assert versions == [(1,), (2,), (3,)]
+    assert versions == [(1,), (2,), (3,), (4,)]
 
 
 def test_concurrent_ensure_from_two_connections(conn: psycopg.Connection[Any]) -> None:
@@ -179,8 +179,9 @@ def test_concurrent_ensure_from_two_connections(conn: psycopg.Connection[Any]) -
         for t in threads:
             t.join(timeout=30)
     assert errors == []
-    assert results == [2, 2]
-    assert conn.execute("SELECT count(*) FROM mvo.schema_migrations").fetchone() == (2,)
+    assert results == [latest_version()] * 2
+    migrations = conn.execute("SELECT count(*) FROM mvo.schema_migrations").fetchone()
+    assert migrations == (latest_version(),)
 
 
 # --- recording --------------------------------------------------------------------------------
@@ -425,7 +426,7 @@ def test_version_2_upgrades_a_version_1_history_and_counts_cancelled_apart(
     with pytest.raises(psycopg.errors.CheckViolation):
         _insert(conn, "a", ago_s=40, duration_ms=1, status="cancelled")
 
-    assert ensure_history(conn) == 2  # the v1 rows stay
+    assert ensure_history(conn) == latest_version()  # the v1 rows stay
     now = datetime.now(UTC)
     record_cancelled(
         conn,
@@ -448,3 +449,49 @@ def test_version_2_upgrades_a_version_1_history_and_counts_cancelled_apart(
     assert a.last_error == "boom"
     last = conn.execute("SELECT last_status FROM mvo.last_refresh").fetchone()
     assert last == ("cancelled",)
+
+
+def test_version_3_attempt_rows_are_completed_forgotten_or_swept(
+    sales: psycopg.Connection[Any],
+) -> None:
+    """Each attempt's row is written before it starts; the outcome completes that same row,
+    an attempt that did not happen removes it, and one whose session died is swept."""
+    start = datetime.now(UTC)
+    done = history.begin_attempt(
+        sales, DEFAULT_SCHEMA, view_schema="public", view_name="mv_by_region",
+        started_at=start, run_id="r1",
+    )  # fmt: skip
+    [running] = _rows(sales)
+    assert running["status"] == "running" and running["finished_at"] is None
+    assert running["backend_pid"] == sales.info.backend_pid and running["backend_start"]
+    assert sales.execute("SELECT last_status FROM mvo.last_refresh").fetchone() == ("running",)
+    assert history.sweep_abandoned(sales, DEFAULT_SCHEMA) == 0  # its session is alive
+    record = success_record(sales, DEFAULT_SCHEMA, run_id="r1", attempt_id=done)
+    assert refresh_view(sales, "public", "mv_by_region", record=record).record_error is None
+    skipped = history.begin_attempt(
+        sales, DEFAULT_SCHEMA, view_schema="public", view_name="mv_by_region",
+        started_at=start, run_id="r2",
+    )  # fmt: skip
+    history.forget_attempt(sales, DEFAULT_SCHEMA, skipped)
+
+    with _connect(sales) as killed:
+        history.begin_attempt(
+            killed, DEFAULT_SCHEMA, view_schema="public", view_name="mv_by_region",
+            started_at=start, run_id="r3",
+        )  # fmt: skip
+        sales.execute("SELECT pg_terminate_backend(%s)", [killed.info.backend_pid])
+        deadline = time.monotonic() + 10
+        while sales.execute(
+            "SELECT 1 FROM pg_stat_activity WHERE pid = %s", [killed.info.backend_pid]
+        ).fetchone():
+            assert time.monotonic() < deadline, "the terminated session did not end"
+            time.sleep(0.05)
+    assert history.sweep_abandoned(sales, DEFAULT_SCHEMA) == 1
+    assert history.sweep_abandoned(sales, DEFAULT_SCHEMA) == 0
+    rows = _rows(sales)
+    assert [(r["run_id"], r["status"]) for r in rows] == [("r1", "success"), ("r3", "cancelled")]
+    assert rows[0]["id"] == done and rows[0]["finished_at"] is not None
+    assert rows[1]["error_message"] == history.ABANDONED_REASON
+    assert rows[1]["finished_at"] is None  # its end was not seen
+    [stats] = read_stats(sales, DEFAULT_SCHEMA)
+    assert (stats.total, stats.successes, stats.failures) == (1, 1, 0)

@@ -17,6 +17,7 @@ import dagster as dg
 import psycopg
 import pytest
 
+from mv_orchestration.core import history
 from mv_orchestration.demo.embedded import PersistentServer
 from mv_orchestration_tests.faults.conftest import (
     SLOW_VIEW_SQL,
@@ -219,3 +220,33 @@ def test_a_signal_mid_refresh_cancels_the_server_statement(
     assert rows[0]["error_message"] == "run terminated"
     [run] = instance.get_runs()
     assert run.status == dg.DagsterRunStatus.CANCELED  # not FAILURE: no failure alert
+
+
+def test_a_sigkilled_refresh_leaves_one_cancelled_row(
+    slow_view: psycopg.Connection[Any], mvo_env: MvoEnv
+) -> None:
+    """A killed process writes nothing when it dies: its attempt's row, written before the
+    refresh began, is closed as cancelled by the next refresh step once its session is gone."""
+    conn = slow_view
+    make_slow(conn, 20)
+    before = view_sum(conn)
+    proc = mvo_env.start("refresh", "faults.slow_mv")
+    pid = _refresh_pid(conn)
+    assert [r["status"] for r in history_rows(conn)] == ["running"]
+    proc.kill()
+    proc.communicate()
+    # the server notices the client is gone (client_connection_check_interval) and ends it
+    wait_until(
+        lambda: not conn.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone(),
+        "the killed refresh's session to end",
+        10,
+    )
+    assert view_sum(conn) == before
+    make_slow(conn, 0)
+    code, out = _finish(mvo_env.start("refresh", "faults.slow_mv"))
+    assert code == 0, out
+    rows = history_rows(conn)
+    assert [r["status"] for r in rows] == ["cancelled", "success"], rows
+    assert rows[0]["error_message"] == history.ABANDONED_REASON
+    assert "recorded as cancelled" in out
+    assert view_sum(conn) != before
