@@ -34,6 +34,12 @@ migrations recorded in ``<schema>.schema_migrations``:
   crashed server) is marked ``cancelled`` by :func:`sweep_abandoned`, which every refresh
   step runs when it opens the history; its ``finished_at`` stays NULL (the end was not
   seen). ``last_refresh.last_status`` is ``running`` while a refresh runs.
+* **version 4**: target lag. ``data_timestamp`` (every change of every root source
+  committed before it is in the view: the start of the refresh, or of the earliest refresh
+  upstream of it in the same run), ``lag_at_completion_ms`` (for a refresh requested for a
+  target lag: how old the oldest change the view was missing was when the refresh ended)
+  and ``target_met``, all NULL on older rows and on failures; status ``no_data`` (a refresh
+  that was not needed: nothing changed) is allowed. Written by :func:`record_lag`.
 
 Migrations run in one transaction under a transaction-level advisory lock, so concurrent
 callers (several code servers, run workers) neither race nor fail; a call that finds every
@@ -241,6 +247,22 @@ CREATE INDEX refresh_history_running_idx ON {schema}.refresh_history (id)
     WHERE status = 'running';
 COMMENT ON COLUMN {schema}.refresh_history.backend_pid IS
     'The refreshing session (with backend_start): a running row whose session is gone was cut off.';
+""",
+    ),
+    (
+        4,
+        """
+ALTER TABLE {schema}.refresh_history
+    ADD COLUMN data_timestamp timestamptz,
+    ADD COLUMN lag_at_completion_ms bigint,
+    ADD COLUMN target_met boolean;
+ALTER TABLE {schema}.refresh_history DROP CONSTRAINT refresh_history_status_check;
+ALTER TABLE {schema}.refresh_history ADD CONSTRAINT refresh_history_status_check
+    CHECK (status IN ('running', 'success', 'failure', 'cancelled', 'no_data'));
+COMMENT ON COLUMN {schema}.refresh_history.data_timestamp IS
+    'Every change of every root source committed before this time is in the view.';
+COMMENT ON COLUMN {schema}.refresh_history.lag_at_completion_ms IS
+    'Age of the oldest change the view was missing, when the refresh committed (target-lag runs).';
 """,
     ),
 )
@@ -812,6 +834,45 @@ def read_history(
 
 
 # --- target lag -------------------------------------------------------------------------------
+
+_LAG = """
+UPDATE {table}
+SET data_timestamp = %(data_timestamp)s, lag_at_completion_ms = %(lag_ms)s,
+    target_met = %(target_met)s
+WHERE id = coalesce(%(attempt_id)s, (
+    SELECT max(id) FROM {table}
+    WHERE run_id = %(run_id)s AND view_schema = %(view_schema)s
+      AND view_name = %(view_name)s AND status = 'success'))
+"""
+
+
+def record_lag(
+    conn: psycopg.Connection[Any],
+    schema: str,
+    *,
+    view_schema: str,
+    view_name: str,
+    run_id: str | None,
+    attempt_id: int | None,
+    data_timestamp: datetime,
+    lag_at_completion_s: float | None,
+    target_met: bool | None,
+) -> None:
+    """Add a successful refresh's target-lag figures (version 4) to its row: the attempt's
+    row, or without one the run's latest ``success`` row of the view."""
+    stmt = sql.SQL(_LAG).format(table=sql.Identifier(schema, "refresh_history"))
+    lag_ms = None if lag_at_completion_s is None else round(lag_at_completion_s * 1000.0)
+    params = {
+        "data_timestamp": data_timestamp,
+        "lag_ms": lag_ms,
+        "target_met": target_met,
+        "attempt_id": attempt_id,
+        "run_id": run_id,
+        "view_schema": view_schema,
+        "view_name": view_name,
+    }
+    _run(conn, stmt, params)
+
 
 _DURATION_QUANTILE = """
 SELECT h.view_schema, h.view_name,

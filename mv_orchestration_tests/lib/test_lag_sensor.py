@@ -162,6 +162,20 @@ def test_one_change_one_run_just_in_time(
     assert target == 300.0 and time.time() - 10 < since < time.time()
     [result] = harness.results
     assert result.success
+    [mat] = result.asset_materializations_for_node("refresh_default")
+    meta = mat.metadata
+    assert meta["target_met"].value is True and meta["target_lag_s"].value == 300.0
+    lag = meta["lag_at_completion_s"].value
+    assert isinstance(lag, float) and 0 < lag < time.time() - since + 1
+    assert meta["data_timestamp"].value == meta["started_at"].value
+    # the same figures in the history row (version 4)
+    row = writer.execute(
+        "SELECT data_timestamp, lag_at_completion_ms, target_met FROM mvo.refresh_history"
+        " WHERE view_name = 'mv_visits' AND status = 'success'"
+    ).fetchone()
+    assert row is not None
+    assert row[0].timestamp() == pytest.approx(meta["data_timestamp"].value)
+    assert row[1] == pytest.approx(lag * 1000, abs=1) and row[2] is True
 
     for offset in (5 * 60.0, 3600.0):  # the refresh is credited: nothing more to do
         harness.offset = offset
@@ -191,5 +205,10 @@ def test_chain_with_downstream_upstream_is_one_run_upstream_first(
     assert result.success
     mats = result.asset_materializations_for_node("refresh_default")
     assert [m.asset_key for m in mats] == [KEYS[BASE], KEYS[TOP]]
+    # one data timestamp: the upstream refresh's start, which top's data reflects
+    stamps = [m.metadata["data_timestamp"].value for m in mats]
+    assert stamps[0] == stamps[1] == mats[0].metadata["started_at"].value
+    assert all(m.metadata["target_met"].value is True for m in mats)
+    assert {m.metadata["target_lag_s"].value for m in mats} == {120.0}
     assert writer.execute("SELECT doubled FROM mart.mv_top").fetchone() == (44,)
     assert harness.tick().run_requests == []
