@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,25 @@ def test_demo_policies_become_schedules_sensors_and_freshness(snapshot: CatalogS
     daily = graph.get(dg.AssetKey(["llm_usage", "mv_daily_metrics"]))
     assert daily.freshness_policy is not None
     assert "mvo_history_retention_default" in {j.name for j in defs.resolve_all_job_defs()}
+
+
+def _windows(defs: dg.Definitions, key: str, warn: timedelta, fail: timedelta) -> bool:
+    policy = defs.resolve_asset_graph().get(dg.AssetKey(key.split("/"))).freshness_policy
+    return policy == dg.FreshnessPolicy.time_window(fail_window=fail, warn_window=warn)
+
+
+def test_without_policies_every_view_has_the_default_target_lag(snapshot: CatalogSnapshot) -> None:
+    defs = _defs(snapshot)
+    sensor = defs.resolve_sensor_def("mvo_target_lag")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    graph = defs.resolve_asset_graph()
+    views = {k for k in graph.get_all_asset_keys() if graph.get(k).is_materializable}
+    assert sensor.job_name is not None
+    job = defs.resolve_job_def(sensor.job_name)
+    assert set(job.asset_layer.selected_asset_keys) == views  # every MV, none left out
+    # freshness follows the 1h target: WARN past 1h, FAIL past 3h
+    for key in views:
+        assert _windows(defs, "/".join(key.path), timedelta(hours=1), timedelta(hours=3))
 
 
 def _graph_summary(defs: dg.Definitions) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import dagster as dg
 
@@ -20,6 +21,8 @@ from mv_orchestration.core.catalog import (
     Relation,
     RelationRef,
 )
+from mv_orchestration.core.graph import LineageGraph
+from mv_orchestration.core.lag import effective_targets
 from mv_orchestration.core.refresh import choose_method
 from mv_orchestration.lib.policies import PolicyFile, ViewPolicy, freshness_policy
 
@@ -81,12 +84,31 @@ class MvTranslator:
     ) -> None:
         self.settings = settings or TranslatorSettings()
         self.policies = policies
+        self._targets: tuple[CatalogSnapshot, Mapping[RelationRef, timedelta]] | None = None
 
     def get_policy(self, ref: RelationRef) -> ViewPolicy | None:
         """The MV's resolved policy (defaults → group → views), or None without a file."""
         if self.policies is None:
             return None
         return self.policies.resolve(ref, self.get_base_group_name(ref))
+
+    def get_target_lags(self, snapshot: CatalogSnapshot) -> Mapping[RelationRef, timedelta]:
+        """Each MV's effective target lag (``downstream`` resolved; no policy file: every
+        view the default), computed once per snapshot."""
+        if self._targets is None or self._targets[0] is not snapshot:
+            declared = {
+                mv.ref: (self.get_policy(mv.ref) or ViewPolicy()).target_lag
+                for mv in snapshot.matviews
+            }
+            self._targets = (snapshot, effective_targets(LineageGraph(snapshot), declared))
+        return self._targets[1]
+
+    def get_freshness_policy(
+        self, mv: MaterializedView, snapshot: CatalogSnapshot
+    ) -> dg.FreshnessPolicy | None:
+        """The policy's ``freshness``, else one that follows the view's target lag."""
+        policy = self.get_policy(mv.ref) or ViewPolicy()
+        return freshness_policy(policy, self.get_target_lags(snapshot).get(mv.ref))
 
     # --- keys and groups ----------------------------------------------------------------------
     def get_asset_key(self, ref: RelationRef) -> dg.AssetKey:
@@ -166,7 +188,7 @@ class MvTranslator:
             tags=tags,
             kinds={"postgres", "view"},
             skippable=True,
-            freshness_policy=freshness_policy(policy) if policy is not None else None,
+            freshness_policy=self.get_freshness_policy(mv, snapshot),
         )
 
     # --- upstream tables and views ------------------------------------------------------------

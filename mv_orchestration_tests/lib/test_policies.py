@@ -240,6 +240,17 @@ def test_freshness_policy() -> None:
     assert freshness_policy(ViewPolicy()) is None
 
 
+def test_freshness_follows_the_target_lag_unless_set() -> None:
+    five = timedelta(minutes=5)
+    assert freshness_policy(ViewPolicy(), five) == dg.FreshnessPolicy.time_window(
+        fail_window=timedelta(minutes=15), warn_window=five
+    )
+    own = ViewPolicy(freshness=Freshness(fail=timedelta(hours=1)))
+    assert freshness_policy(own, five) == dg.FreshnessPolicy.time_window(
+        fail_window=timedelta(hours=1)
+    )
+
+
 # --- errors -----------------------------------------------------------------------------------
 
 POLICY_KEYS = "alerts, checks, freshness, on_change, owners, schedules, tags, target_lag"

@@ -36,7 +36,8 @@ target-lag sensor refreshes the view, upstream MVs first, just in time to keep i
 (:mod:`mv_orchestration.core.lag`). ``downstream`` follows the smallest target of the views
 that read it. A view whose resolved policy sets neither ``target_lag`` nor ``schedules`` nor
 ``on_change`` gets the default, ``1h`` (so does every view without a policy file); one with a
-schedule or ``on_change`` and no ``target_lag`` gets none.
+schedule or ``on_change`` and no ``target_lag`` gets none. A view without ``freshness`` gets a
+freshness policy from its (effective) target lag: WARN past the target, FAIL past 3 times it.
 
 ``alerts`` (in ``defaults`` and ``groups`` only) add up instead: an alert about a view goes to
 ``MVO_ALERT_URLS``, ``defaults.alerts`` and the alerts of the view's group (after any move).
@@ -64,9 +65,15 @@ from mv_orchestration.lib.policies.model import (
     format_key_path,
     parse_duration,
 )
-from mv_orchestration.lib.policies.resolution import AlertRoutes, PolicyFile, freshness_policy
+from mv_orchestration.lib.policies.resolution import (
+    FAIL_MULTIPLE,
+    AlertRoutes,
+    PolicyFile,
+    freshness_policy,
+)
 
 __all__ = [
+    "FAIL_MULTIPLE",
     "AlertDestination",
     "AlertRoutes",
     "Freshness",
