@@ -902,3 +902,27 @@ def expected_durations(
     with conn.cursor() as cur:
         rows = cur.execute(stmt, params).fetchall()
     return {(s, n): float(ms) / 1000.0 for s, n, ms in rows if ms is not None}
+
+
+_NO_DATA = """
+INSERT INTO {table} (view_schema, view_name, started_at, finished_at, duration_ms, status,
+                     data_timestamp)
+SELECT v.view_schema, v.view_name, %(at)s, %(at)s, 0, 'no_data', %(data_timestamp)s
+FROM unnest(%(schemas)s::text[], %(names)s::text[]) AS v(view_schema, view_name)
+"""
+
+
+def record_no_data(
+    conn: psycopg.Connection[Any],
+    schema: str,
+    views: Sequence[tuple[str, str]],
+    *,
+    at: datetime,
+    data_timestamp: datetime,
+) -> None:
+    """One ``no_data`` row per view (version 4): a refresh that was not needed, since no
+    source changed; its data is current as of ``data_timestamp``. One statement."""
+    if not views:
+        return
+    stmt = sql.SQL(_NO_DATA).format(table=sql.Identifier(schema, "refresh_history"))
+    _run(conn, stmt, {"at": at, "data_timestamp": data_timestamp, **_view_filter(views)})

@@ -28,6 +28,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
@@ -52,6 +53,7 @@ from mv_orchestration.core.lag import (
 from mv_orchestration.lib.resource import PostgresResource
 from mv_orchestration.lib.runs import ActiveRuns, short_id
 from mv_orchestration.lib.sensors import (
+    DATA_VERSION_TAG,
     SENSOR_NAME_TAG,
     _ChangeSensor,
     _Runs,
@@ -208,15 +210,20 @@ class _LagSensor(_ChangeSensor):
             },
         )
         selected = [v for v in plan.refresh if v in eligible]
-        events = [
+        events: list[dg.AssetObservation | dg.AssetMaterialization] = [
             observation(self.source_keys[ref], fp)
             for ref, fp in sorted(fps.items())
             if state.seen.get(ref) != fp.token
         ]
+        idle = self._idle(context.instance, pending, tick, now)
+        if idle:
+            events.extend(self._mark_current(context, db, idle, at))
         moved = {ref for ref in current if state.seen.get(ref) != current[ref]}
         parts = self._report(context, tick, note, moved, first=not outer.changes, now=now)
         requests = []
         message = _summary(plan)
+        if idle:
+            parts.insert(0, f"{len(idle)} idle view(s) marked current (no_data, not refreshed)")
         if selected:
             for line in plan.lines():
                 context.log.info(line)
@@ -234,6 +241,79 @@ class _LagSensor(_ChangeSensor):
             cursor=cursor,
             asset_events=events,
         )
+
+    # --- views whose sources are idle ------------------------------------------------------
+
+    def _idle(
+        self,
+        instance: dg.DagsterInstance,
+        pending: Mapping[RelationRef, Mapping[RelationRef, float]],
+        tick: _Tick,
+        now: float,
+    ) -> dict[RelationRef, str | None]:
+        """Views with a target and nothing pending whose last materialization is older than
+        half their target, with that materialization's data version (one query)."""
+        targets = self.scheduler.effective
+        quiet = [
+            v
+            for v in self.order
+            if v in targets
+            and not pending.get(v)
+            and v not in tick.busy
+            and not tick.views[v].claims
+        ]
+        if not quiet:
+            return {}
+        by_key = {self.keys[v]: v for v in quiet}
+        out: dict[RelationRef, str | None] = {}
+        for record in instance.get_asset_records(list(by_key)):
+            last = record.asset_entry.last_materialization
+            view = by_key[record.asset_entry.asset_key]
+            if last is None or now - last.timestamp < targets[view].total_seconds() / 2:
+                continue  # never refreshed (no data to vouch for), or recent enough
+            mat = last.asset_materialization
+            out[view] = (mat.tags or {}).get(DATA_VERSION_TAG) if mat is not None else None
+        return out
+
+    def _mark_current(
+        self,
+        context: dg.SensorEvaluationContext,
+        db: PostgresResource,
+        idle: Mapping[RelationRef, str | None],
+        at: float,
+    ) -> list[dg.AssetMaterialization]:
+        """A ``no_data`` refresh of each idle view: a runless materialization (so its
+        freshness, measured from its last materialization, stays PASS: it misses nothing),
+        with its data timestamp and its last data version (nothing downstream turns stale),
+        and a ``no_data`` history row. Nothing is refreshed and no run is launched."""
+        stamp = at - STATS_DELAY_S
+        marks = [
+            dg.AssetMaterialization(
+                asset_key=self.keys[view],
+                description="no_data: no source changed since the last refresh; not refreshed",
+                metadata={
+                    "mvo/no_data": True,
+                    "data_timestamp": dg.MetadataValue.timestamp(stamp),
+                },
+                tags={DATA_VERSION_TAG: version} if version else None,
+            )
+            for view, version in sorted(idle.items())
+        ]
+        if self.history_schema is not None:
+            when = datetime.fromtimestamp(at, UTC)
+            try:
+                with db.connection() as conn:
+                    if history.current_version(conn, self.history_schema) >= 4:
+                        history.record_no_data(
+                            conn,
+                            self.history_schema,
+                            [(v.schema, v.name) for v in sorted(idle)],
+                            at=when,
+                            data_timestamp=datetime.fromtimestamp(stamp, UTC),
+                        )
+            except psycopg.Error as exc:  # the history is a record: the marks still count
+                context.log.warning(f"no_data rows not written to {self.history_schema}: {exc}")
+        return marks
 
     def _busy(self, tick: _Tick) -> dict[RelationRef, str]:
         busy = {

@@ -13,6 +13,7 @@ from typing import Any
 import dagster as dg
 import psycopg
 import pytest
+from dagster._core.test_utils import freeze_time
 
 from mv_orchestration.core.catalog import CatalogSnapshot, RelationRef, read_catalog
 from mv_orchestration.core.lag import DOWNSTREAM, TargetLag
@@ -85,8 +86,10 @@ class Harness:
             definitions=self.defs,
         ) as context:
             data = self.sensor.evaluate_tick(context)
-        for event in data.asset_events:
-            self.instance.report_runless_asset_event(event)
+        # the daemon stores the events, stamped by Dagster's clock: the sensor's
+        with freeze_time(time.time() + self.offset):
+            for event in data.asset_events:
+                self.instance.report_runless_asset_event(event)
         self.cursor = data.cursor
         requests = data.run_requests or []
         assert len(requests) <= 1  # one run per tick at most
@@ -212,3 +215,50 @@ def test_chain_with_downstream_upstream_is_one_run_upstream_first(
     assert {m.metadata["target_lag_s"].value for m in mats} == {120.0}
     assert writer.execute("SELECT doubled FROM mart.mv_top").fetchone() == (44,)
     assert harness.tick().run_requests == []
+
+
+def _latest(instance: dg.DagsterInstance, ref: RelationRef) -> dg.EventLogEntry:
+    [record] = instance.get_asset_records([KEYS[ref]])
+    last = record.asset_entry.last_materialization
+    assert last is not None
+    return last
+
+
+def test_idle_views_are_marked_current_without_a_refresh(
+    harness: Harness, writer: psycopg.Connection[Any], instance: dg.DagsterInstance
+) -> None:
+    assert harness.sensor.job_name is not None
+    job = harness.defs.resolve_job_def(harness.sensor.job_name)
+    assert job.execute_in_process(instance=instance).success  # every view refreshed once
+    refreshed = {ref: _latest(instance, ref) for ref in KEYS}
+    assert harness.tick().asset_events == []  # just refreshed: nothing to vouch for
+
+    harness.offset = 3 * 60.0  # past half of every target (2m for base and top, 5m visits)
+    data = harness.tick()
+    assert data.run_requests == []
+    assert "3 idle view(s) marked current (no_data, not refreshed)" in data.skip_message
+    assert {e.asset_key for e in data.asset_events} == set(KEYS.values())
+    for ref, before in refreshed.items():
+        mark = _latest(instance, ref)
+        assert mark.asset_materialization is not None
+        assert mark.asset_materialization.metadata["mvo/no_data"].value is True
+        # stamped now (so freshness, measured from it, stays PASS) ...
+        assert mark.timestamp == pytest.approx(time.time() + harness.offset, abs=5)
+        # ... with the data version it had: nothing downstream turns stale
+        assert before.asset_materialization is not None
+        version = before.asset_materialization.tags.get("dagster/data_version")
+        assert version and mark.asset_materialization.tags.get("dagster/data_version") == version
+    rows = writer.execute(
+        "SELECT view_name, data_timestamp IS NOT NULL FROM mvo.refresh_history"
+        " WHERE status = 'no_data' ORDER BY 1"
+    ).fetchall()
+    assert rows == [("mv_base", True), ("mv_top", True), ("mv_visits", True)]
+    assert harness.tick().asset_events == []  # marked: not again before half a target
+
+    # a mark is no refresh: a later change is still refreshed, in time
+    flushed(writer, "INSERT INTO src.visits DEFAULT VALUES")
+    assert harness.tick().run_requests == []
+    harness.offset += 4 * 60.0 + 30
+    [request] = harness.tick().run_requests
+    assert request.asset_selection == [KEYS[VISITS]]
+    assert len(harness.results) == 1 and harness.results[0].success
