@@ -688,9 +688,11 @@ def test_demo_policies_express_the_seeds() -> None:
     school, llm, mes, marketing, saas = (
         by_schema[s].pop() for s in ("school", "llm_usage", "mes", "marketing", "saas")
     )
-    assert school.schedules == (Schedule("*/2 * * * *", "UTC"),)
-    assert llm.schedules == () and llm.on_change
-    assert llm.freshness == Freshness(warn=timedelta(minutes=2), fail=timedelta(minutes=10))
+    # freshness asked for: target lags (their freshness follows them)
+    assert school.schedules == () and school.target_lag == timedelta(minutes=2)
+    assert school.freshness is None
+    assert llm.schedules == () and llm.target_lag == timedelta(minutes=1)
+    assert llm.freshness is None
     assert mes.schedules == (
         Schedule("*/2 6-22 * * *", "Asia/Seoul"),
         Schedule("*/15 0-5,23 * * *", "Asia/Seoul"),
@@ -698,9 +700,11 @@ def test_demo_policies_express_the_seeds() -> None:
     assert marketing.schedules == (Schedule("0 3 * * *", "UTC"),)
     weekly = demo[RelationRef("marketing", "weekly_aggregations")]
     assert weekly.schedules == (Schedule("0 4 * * 1", "UTC"),)
-    assert saas.schedules == (Schedule("*/5 * * * *", "UTC"),)
+    assert saas.schedules == () and saas.target_lag == timedelta(minutes=5)
     assert saas.freshness is not None and saas.freshness.warn == timedelta(minutes=10)
-    assert not any(p.on_change for p in (school, mes, marketing, weekly, saas))
+    # a clock asked for: crons, and no target lag
+    assert all(p.target_lag is None for p in (mes, marketing, weekly))
+    assert not any(p.on_change for p in demo.values())
     assert all(p.group is None for p in demo.values())
 
 
@@ -708,9 +712,9 @@ def test_demo_freshness_windows_exceed_the_schedule_gaps() -> None:
     """A view that refreshes on time never warns: warn > the longest gap between ticks."""
     start = datetime(2026, 3, 23, tzinfo=UTC).timestamp()  # two weeks, incl. a DST change
     for ref, policy in _demo().items():
-        assert policy.freshness is not None and policy.freshness.warn is not None, ref
         if not policy.schedules:
             continue
+        assert policy.freshness is not None and policy.freshness.warn is not None, ref
         ticks: set[float] = set()
         for s in policy.schedules:
             for tick in schedule_execution_time_iterator(start, s.cron, s.timezone):
