@@ -262,3 +262,23 @@ def test_idle_views_are_marked_current_without_a_refresh(
     [request] = harness.tick().run_requests
     assert request.asset_selection == [KEYS[VISITS]]
     assert len(harness.results) == 1 and harness.results[0].success
+
+
+def test_a_view_with_a_queued_run_is_not_requested_again(
+    harness: Harness, writer: psycopg.Connection[Any], instance: dg.DagsterInstance
+) -> None:
+    assert harness.sensor.job_name is not None
+    job = harness.defs.resolve_job_def(harness.sensor.job_name)
+    # a run of another origin (the UI, a schedule) already queued for the view
+    queued = instance.create_run_for_job(
+        job, status=dg.DagsterRunStatus.NOT_STARTED, asset_selection={KEYS[VISITS]}
+    )
+    flushed(writer, "INSERT INTO src.visits DEFAULT VALUES")
+    harness.offset = 10 * 60.0  # long past the target: it would be due
+    data = harness.tick()
+    assert data.run_requests == []
+    assert f"of 5m used, refresh under way (run {queued.run_id[:8]})" in data.skip_message
+    # it ended without refreshing the view (canceled): the change is requested at once
+    instance.report_run_canceled(queued)
+    [request] = harness.tick().run_requests
+    assert request.asset_selection == [KEYS[VISITS]]
