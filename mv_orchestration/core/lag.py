@@ -44,7 +44,7 @@ def format_duration(seconds: float) -> str:
     """``3m12s``, ``5m``, ``1h30m``, ``45s``, ``0.4s``: short, for tick messages."""
     if seconds < 0:
         return "-" + format_duration(-seconds)
-    if seconds < 10 and seconds != int(seconds):
+    if seconds < 10 and round(seconds, 1) != int(seconds):
         return f"{seconds:.1f}s"
     total = math.floor(seconds)
     parts = []

@@ -143,10 +143,19 @@ class _Cursor:
 class _LagSensor(_ChangeSensor):
     """The tick logic of one target-lag sensor."""
 
-    def __init__(self, *, scheduler: LagScheduler, history_schema: str | None, **kw: Any) -> None:
+    def __init__(
+        self,
+        *,
+        scheduler: LagScheduler,
+        history_schema: str | None,
+        foreign: Mapping[RelationRef, frozenset[RelationRef]],
+        **kw: Any,
+    ) -> None:
         super().__init__(**kw)
         self.scheduler = scheduler
         self.history_schema = history_schema
+        # views reading foreign tables (no counters), with those tables
+        self.foreign = foreign
 
     def _durations(self, conn: psycopg.Connection[Any]) -> dict[RelationRef, float]:
         if self.history_schema is None:
@@ -196,18 +205,16 @@ class _LagSensor(_ChangeSensor):
             }
             for v in self.order
         }
+        busy, unavailable = self._busy(tick), self._backing_off(tick, now)
+        self._without_counters(tick, runs, pending, eligible, busy, unavailable, at, now)
         plan = self.scheduler.plan(
             pending=pending,
             durations=durations,
             launch_latency_s=launch_latency_s(context.instance, self.name),
             now=now,
             margin_s=self.interval_s,
-            busy=self._busy(tick),
-            unavailable={
-                v: f"backing off after failed refreshes, next try in "
-                f"{format_duration(max(0.0, math.ceil(t - now)))}"
-                for v, t in tick.backing_off.items()
-            },
+            busy=busy,
+            unavailable=unavailable,
         )
         selected = [v for v in plan.refresh if v in eligible]
         events: list[dg.AssetObservation | dg.AssetMaterialization] = [
@@ -315,6 +322,43 @@ class _LagSensor(_ChangeSensor):
                 context.log.warning(f"no_data rows not written to {self.history_schema}: {exc}")
         return marks
 
+    def _backing_off(self, tick: _Tick, now: float) -> dict[RelationRef, str]:
+        return {
+            v: "backing off after failed refreshes, next try in "
+            f"{format_duration(max(0.0, math.ceil(t - now)))}"
+            for v, t in tick.backing_off.items()
+        }
+
+    def _without_counters(
+        self,
+        tick: _Tick,
+        runs: _Runs,
+        pending: dict[RelationRef, dict[RelationRef, float]],
+        eligible: set[RelationRef],
+        busy: dict[RelationRef, str],
+        unavailable: dict[RelationRef, str],
+        at: float,
+        now: float,
+    ) -> None:
+        """A foreign table has no counters: it is taken to change right after each refresh
+        of a view that reads it, so the view is refreshed once per target lag."""
+        for view, tables in self.foreign.items():
+            vs = tick.views[view]
+            pending[view] = {**pending[view], **dict.fromkeys(tables, vs.fresh_at or at)}
+            run_ids = runs.active.by_asset.get(self.keys[view])
+            if run_ids:
+                busy.setdefault(view, "run " + ", ".join(short_id(r) for r in sorted(run_ids)))
+            elif vs.claims:
+                busy.setdefault(view, "its run will be retried")
+            elif vs.retry_at - self.interval_s / 2 > now:
+                unavailable.setdefault(
+                    view,
+                    "backing off after failed refreshes, next try in "
+                    f"{format_duration(max(0.0, math.ceil(vs.retry_at - now)))}",
+                )
+            else:
+                eligible.add(view)
+
     def _busy(self, tick: _Tick) -> dict[RelationRef, str]:
         busy = {
             v: "run " + ", ".join(short_id(r) for r in sorted(ids)) for v, ids in tick.busy.items()
@@ -391,12 +435,23 @@ def build_lag_sensor(
         return None
     managed = sorted(scheduler.managed)
     sources = change_sources(snapshot, managed)
+    kinds = {rel.ref: rel.kind for rel in snapshot.relations}
+    foreign = {
+        view: tables
+        for view in managed
+        if (
+            tables := frozenset(
+                r for r in graph.source_tables(view) if kinds.get(r) == "foreign_table"
+            )
+        )
+    }
     order = graph.refresh_order(sources)
     watched = sorted(set().union(*sources.values()))
     mv_keys = {mv: translator.get_asset_key(mv) for mv in order}
     logic = _LagSensor(
         scheduler=scheduler,
         history_schema=history_schema,
+        foreign=foreign,
         name=name,
         sources=sources,
         order=order,
@@ -421,10 +476,6 @@ def build_lag_sensor(
         ),
     )
     def _lag_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-        if not watched:
-            return dg.SensorResult(
-                skip_reason="no fingerprintable source tables (foreign tables only?)"
-            )
         return logic(context, getattr(context.resources, resource_key))
 
     return _lag_sensor

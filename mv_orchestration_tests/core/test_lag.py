@@ -58,6 +58,7 @@ def test_format_duration() -> None:
     assert format_duration(5400) == "1h30m"
     assert format_duration(0) == "0s"
     assert format_duration(0.42) == "0.4s"
+    assert format_duration(0.01) == "0s"
     assert format_duration(-90) == "-1m30s"
 
 

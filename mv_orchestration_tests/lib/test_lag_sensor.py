@@ -60,12 +60,18 @@ class Harness:
     """The sensor in one Definitions, ticked as the daemon does (cursor carried over); each
     requested run is executed in process, with the tags the daemon would give it."""
 
-    def __init__(self, db_url: str, snapshot: CatalogSnapshot, instance: dg.DagsterInstance):
+    def __init__(
+        self,
+        db_url: str,
+        snapshot: CatalogSnapshot,
+        instance: dg.DagsterInstance,
+        targets: dict[RelationRef, TargetLag] = TARGETS,
+    ):
         translator = MvTranslator()
         self.resource = PostgresResource(dsn=db_url)
         self.offset = 0.0
         sensor = build_lag_sensor(
-            snapshot, translator, TARGETS, clock=lambda: time.time() + self.offset
+            snapshot, translator, targets, clock=lambda: time.time() + self.offset
         )
         assert sensor is not None
         self.sensor = sensor
@@ -282,3 +288,36 @@ def test_a_view_with_a_queued_run_is_not_requested_again(
     instance.report_run_canceled(queued)
     [request] = harness.tick().run_requests
     assert request.asset_selection == [KEYS[VISITS]]
+
+
+FOREIGN_DDL = """
+CREATE EXTENSION file_fdw;
+CREATE SERVER files FOREIGN DATA WRAPPER file_fdw;
+CREATE SCHEMA ext;
+CREATE FOREIGN TABLE ext.rates (code text, rate numeric)
+    SERVER files OPTIONS (program 'echo USD,1', format 'csv');
+CREATE MATERIALIZED VIEW ext.mv_rates AS SELECT * FROM ext.rates;
+"""
+RATES = R("ext", "mv_rates")
+
+
+def test_a_view_over_a_foreign_table_is_refreshed_once_per_target(
+    db_url: str, conn: psycopg.Connection[Any], instance: dg.DagsterInstance
+) -> None:
+    conn.execute(FOREIGN_DDL)
+    snapshot = read_catalog(conn, ["ext"])
+    h = Harness(db_url, snapshot, instance, targets={RATES: timedelta(minutes=2)})
+    first = h.tick()  # the baseline: fresh now, whatever the foreign table holds
+    assert first.run_requests == []
+    assert "ext.mv_rates: " in first.skip_message and "of 2m used" in first.skip_message
+    for _ in range(2):
+        h.offset = 2 * 60.0  # a target after the last refresh (or the baseline): due
+        [request] = h.tick().run_requests
+        assert request.asset_selection == [dg.AssetKey(["ext", "mv_rates"])]
+        assert h.results[-1].success
+        h.offset = 0.0  # just refreshed (the clock is back to the real one): not due
+        again = h.tick()
+        assert again.run_requests == []
+        assert again.skip_message.startswith("ext.mv_rates: ")
+        assert "s of 2m used, refresh in 1m5" in again.skip_message
+    assert len(h.results) == 2
