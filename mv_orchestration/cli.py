@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -563,7 +563,9 @@ def status(views: tuple[str, ...], since: str, groups: tuple[str, ...], as_json:
 
     healthy / warning / critical follow seed 004's rules: success rate below 95 % warns,
     below 80 % is critical; average duration above 5 s warns; last success over 10 min ago
-    warns. FRESHNESS is the state Dagster's freshness policy last recorded.
+    warns. FRESHNESS is the state Dagster's freshness policy last recorded. TARGET is the
+    view's target lag; LAG_P50 and LAG_MAX the lag its target-lag refreshes achieved in the
+    window, IN_TARGET the share of them that met the target.
     """
     from datetime import UTC, datetime
 
@@ -593,8 +595,15 @@ def status(views: tuple[str, ...], since: str, groups: tuple[str, ...], as_json:
             stats = history.read_stats(
                 conn, settings.history_schema, hours=window_s / 3600, views=refs
             )
+            lags = history.read_lag_stats(
+                conn, settings.history_schema, refs, hours=window_s / 3600
+            )
         fresh = _freshness_states(keys)
+        targets = {
+            (k.path[-2], k.path[-1]): graph.get(k).metadata.get("mvo/target_lag") for k in keys
+        }
     table = health_table(stats, datetime.now(UTC))
+    _add_lag_columns(table, targets, lags)
     from mv_orchestration.core.sql import qualname
 
     # health_table's "view" column is qualname(schema, name)
@@ -614,11 +623,20 @@ def status(views: tuple[str, ...], since: str, groups: tuple[str, ...], as_json:
             success=table["success_rate"].map(lambda r: "-" if r is None or r != r else f"{r}%"),
             avg_s=table["avg_duration_s"].map(lambda d: "-" if d is None or d != d else f"{d:.3f}"),
             max_s=table["max_duration_s"].map(lambda d: "-" if d is None or d != d else f"{d:.3f}"),
+            lag_p50=table["lag_p50_s"].map(_seconds_text),
+            lag_max=table["lag_max_s"].map(_seconds_text),
+            in_target=table["within_target_pct"].map(
+                lambda r: "-" if r is None or r != r else f"{r:g}%"
+            ),
         )[
             [
                 "view",
                 "health",
                 "freshness",
+                "target",
+                "lag_p50",
+                "lag_max",
+                "in_target",
                 "last_success",
                 "age",
                 "success",
@@ -635,6 +653,31 @@ def status(views: tuple[str, ...], since: str, groups: tuple[str, ...], as_json:
         )
     if critical:
         sys.exit(2)
+
+
+def _seconds_text(value: Any) -> str:
+    from mv_orchestration.core.lag import format_duration
+
+    return "-" if value is None or value != value else format_duration(float(value))
+
+
+def _add_lag_columns(table: Any, targets: Mapping[Any, Any], lags: Mapping[Any, Any]) -> None:
+    """``target`` (the view's target lag), ``lag_p50_s``/``lag_max_s`` (achieved by its
+    target-lag refreshes in the window) and ``within_target_pct`` (the share that met it)."""
+    from mv_orchestration.core.sql import qualname
+
+    by_view = {qualname(s, n): (targets.get((s, n)), lags.get((s, n))) for s, n in targets}
+    pairs = [by_view.get(view, (None, None)) for view in table["view"]]
+    table["target"] = [str(t.value if hasattr(t, "value") else t) if t else "-" for t, _ in pairs]
+    table["lag_p50_s"] = [
+        None if s is None or s.lag_p50_ms is None else s.lag_p50_ms / 1000 for _, s in pairs
+    ]
+    table["lag_max_s"] = [
+        None if s is None or s.lag_max_ms is None else s.lag_max_ms / 1000 for _, s in pairs
+    ]
+    table["within_target_pct"] = [None if s is None else s.within_target_pct for _, s in pairs]
+    for col in ("lag_p50_s", "lag_max_s", "within_target_pct"):
+        table[col] = table[col].astype("float64")
 
 
 # --- mvo db ---------------------------------------------------------------------------------

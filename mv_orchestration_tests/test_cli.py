@@ -205,6 +205,35 @@ def test_status_health_and_exit_codes(
     assert run("status", "shop.mv_grand", "--since", "1d12h").exit_code == 2
 
 
+def test_status_shows_target_and_achieved_lag(
+    cli_env: dict[str, str], conn: psycopg.Connection[Any]
+) -> None:
+    from mv_orchestration.core import history
+
+    history.ensure_history(conn, "mvo")
+    for lag_ms, met in ((20_000, True), (40_000, True), (4_000_000, False)):
+        _history_row(conn, "mv_sales", "success", 1, 40)
+        conn.execute(
+            "UPDATE mvo.refresh_history SET lag_at_completion_ms = %s, target_met = %s"
+            " WHERE id = (SELECT max(id) FROM mvo.refresh_history)",
+            [lag_ms, met],
+        )
+    result = run("status", "--group", "shop", "--json")
+    assert result.exit_code == 0, result.output
+    rows = {r["view"]: r for r in json.loads(result.output)}
+    sales = rows["shop.mv_sales"]
+    # no policy file: the default target lag
+    assert sales["target"] == "1h"
+    assert (sales["lag_p50_s"], sales["lag_max_s"]) == (40.0, 4000.0)
+    assert sales["within_target_pct"] == pytest.approx(66.67)
+    assert rows["shop.mv_grand"]["lag_p50_s"] is None  # no target-lag refresh recorded
+    table = run("status", "shop.mv_sales").output
+    assert table.splitlines()[0].split()[:7] == [
+        "view", "health", "freshness", "target", "lag_p50", "lag_max", "in_target",
+    ]  # fmt: skip
+    assert table.splitlines()[1].split()[3:7] == ["1h", "40s", "1h6m40s", "66.67%"]
+
+
 def test_db_start_prints_the_url_without_its_password(monkeypatch: pytest.MonkeyPatch) -> None:
     from mv_orchestration.demo.embedded import PersistentServer
 

@@ -22,7 +22,7 @@ from mv_orchestration.core.catalog import (
     RelationRef,
 )
 from mv_orchestration.core.graph import LineageGraph
-from mv_orchestration.core.lag import effective_targets
+from mv_orchestration.core.lag import DOWNSTREAM, effective_targets, format_duration
 from mv_orchestration.core.refresh import choose_method
 from mv_orchestration.lib.policies import PolicyFile, ViewPolicy, freshness_policy
 
@@ -103,6 +103,15 @@ class MvTranslator:
             self._targets = (snapshot, effective_targets(LineageGraph(snapshot), declared))
         return self._targets[1]
 
+    def get_target_lag_label(self, mv: MaterializedView, snapshot: CatalogSnapshot) -> str | None:
+        """``5m``, ``downstream (2m)``, or None: the ``mvo/target_lag`` metadata of a view."""
+        effective = self.get_target_lags(snapshot).get(mv.ref)
+        if effective is None:
+            return None
+        text = format_duration(effective.total_seconds())
+        declared = (self.get_policy(mv.ref) or ViewPolicy()).target_lag
+        return f"{DOWNSTREAM} ({text})" if declared == DOWNSTREAM else text
+
     def get_freshness_policy(
         self, mv: MaterializedView, snapshot: CatalogSnapshot
     ) -> dg.FreshnessPolicy | None:
@@ -177,11 +186,15 @@ class MvTranslator:
         if policy is not None:
             tags = {**tags, **policy.tags}
             owners = list(policy.owners) or owners
+        metadata = self.get_mv_metadata(mv)
+        target = self.get_target_lag_label(mv, snapshot)
+        if target is not None:
+            metadata = {**metadata, "mvo/target_lag": target}
         return dg.AssetSpec(
             key=self.get_asset_key(mv.ref),
             deps=[self.get_asset_key(ref) for ref in mv.upstream],
             description=self.get_mv_description(mv),
-            metadata=self.get_mv_metadata(mv),
+            metadata=metadata,
             group_name=self.get_group_name(mv.ref),
             code_version=definition_hash(mv.definition),
             owners=owners,

@@ -8,7 +8,12 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from mv_orchestration.core.history import DEFAULT_SCHEMA, ensure_history, expected_durations
+from mv_orchestration.core.history import (
+    DEFAULT_SCHEMA,
+    ensure_history,
+    expected_durations,
+    read_lag_stats,
+)
 
 
 def _attempt(
@@ -39,3 +44,22 @@ def test_expected_durations_are_the_p90_of_recent_successes(conn: psycopg.Connec
     assert found[("public", "b")] == pytest.approx(0.25)
     assert ("public", "none") not in found
     assert expected_durations(conn, DEFAULT_SCHEMA, []) == {}
+
+
+def test_lag_stats_over_target_lag_refreshes(conn: psycopg.Connection[Any]) -> None:
+    ensure_history(conn)
+    table = sql.Identifier(DEFAULT_SCHEMA, "refresh_history")
+    for lag_ms, met in ((1000, True), (3000, True), (9000, False), (None, None)):
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (view_schema, view_name, started_at, finished_at, duration_ms,"
+                " status, attempts, lag_at_completion_ms, target_met)"
+                " VALUES ('public', 'a', now(), now(), 1, 'success', 1, %s, %s)"
+            ).format(table),
+            [lag_ms, met],
+        )
+    found = read_lag_stats(conn, DEFAULT_SCHEMA, [("public", "a"), ("public", "b")])
+    assert list(found) == [("public", "a")]
+    a = found[("public", "a")]
+    assert (a.refreshes, a.lag_p50_ms, a.lag_max_ms) == (3, 3000.0, 9000.0)
+    assert a.within_target_pct == pytest.approx(66.67)
