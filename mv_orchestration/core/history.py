@@ -39,7 +39,10 @@ migrations recorded in ``<schema>.schema_migrations``:
   upstream of it in the same run), ``lag_at_completion_ms`` (for a refresh requested for a
   target lag: how old the oldest change the view was missing was when the refresh ended)
   and ``target_met``, all NULL on older rows and on failures; status ``no_data`` (a refresh
-  that was not needed: nothing changed) is allowed. Written by :func:`record_lag`.
+  that was not needed: nothing changed) is allowed. Written by :func:`record_lag` and
+  :func:`record_no_data`. ``last_refresh`` gains ``data_timestamp`` (the latest of its
+  successful and ``no_data`` rows; before version 4, a refresh's start), and its
+  ``last_*`` columns ignore ``no_data`` rows, which are no attempts.
 
 Migrations run in one transaction under a transaction-level advisory lock, so concurrent
 callers (several code servers, run workers) neither race nor fail; a call that finds every
@@ -263,6 +266,46 @@ COMMENT ON COLUMN {schema}.refresh_history.data_timestamp IS
     'Every change of every root source committed before this time is in the view.';
 COMMENT ON COLUMN {schema}.refresh_history.lag_at_completion_ms IS
     'Age of the oldest change the view was missing, when the refresh committed (target-lag runs).';
+
+-- the same columns, and data_timestamp; a no_data row is no attempt (last_* ignore it)
+CREATE OR REPLACE VIEW {schema}.last_refresh AS
+SELECT v.view_schema,
+       v.view_name,
+       s.finished_at AS data_as_of,
+       s.rows_after AS row_count,
+       a.started_at AS last_attempt_at,
+       a.status AS last_status,
+       a.sqlstate AS last_sqlstate,
+       a.error_message AS last_error,
+       d.data_timestamp
+FROM (SELECT DISTINCT view_schema, view_name FROM {schema}.refresh_history) v
+LEFT JOIN LATERAL (
+    SELECT h.started_at, h.status, h.sqlstate, h.error_message
+    FROM {schema}.refresh_history h
+    WHERE h.view_schema = v.view_schema AND h.view_name = v.view_name
+      AND h.status <> 'no_data'
+    ORDER BY h.started_at DESC, h.id DESC
+    LIMIT 1
+) a ON true
+LEFT JOIN LATERAL (
+    SELECT h.finished_at, h.rows_after
+    FROM {schema}.refresh_history h
+    WHERE h.view_schema = v.view_schema AND h.view_name = v.view_name
+      AND h.status = 'success'
+    ORDER BY h.started_at DESC, h.id DESC
+    LIMIT 1
+) s ON true
+LEFT JOIN LATERAL (
+    SELECT coalesce(h.data_timestamp, h.started_at) AS data_timestamp
+    FROM {schema}.refresh_history h
+    WHERE h.view_schema = v.view_schema AND h.view_name = v.view_name
+      AND h.status IN ('success', 'no_data')
+    ORDER BY coalesce(h.data_timestamp, h.started_at) DESC
+    LIMIT 1
+) d ON true;
+COMMENT ON VIEW {schema}.last_refresh IS
+    'Per materialized view: data_as_of = end of its last successful refresh; data_timestamp = '
+    'every source change before it is in the view (moved by no_data rows too); last attempt.';
 """,
     ),
 )

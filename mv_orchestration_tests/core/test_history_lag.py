@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -13,6 +14,7 @@ from mv_orchestration.core.history import (
     ensure_history,
     expected_durations,
     read_lag_stats,
+    record_no_data,
 )
 
 
@@ -63,3 +65,24 @@ def test_lag_stats_over_target_lag_refreshes(conn: psycopg.Connection[Any]) -> N
     a = found[("public", "a")]
     assert (a.refreshes, a.lag_p50_ms, a.lag_max_ms) == (3, 3000.0, 9000.0)
     assert a.within_target_pct == pytest.approx(66.67)
+
+
+def test_last_refresh_has_the_data_timestamp_and_ignores_no_data_rows(
+    conn: psycopg.Connection[Any],
+) -> None:
+    ensure_history(conn)
+    _attempt(conn, "a", ago_s=600, ms=100)  # a refresh before version 4 wrote its figures
+    _attempt(conn, "a", ago_s=300, ms=100, status="failure")
+    before = conn.execute(
+        "SELECT last_status, data_timestamp FROM mvo.last_refresh WHERE view_name = 'a'"
+    ).fetchone()
+    assert before is not None and before[0] == "failure"
+    stamp = datetime.now(UTC) - timedelta(seconds=5)
+    record_no_data(
+        conn, DEFAULT_SCHEMA, [("public", "a")], at=datetime.now(UTC), data_timestamp=stamp
+    )
+    after = conn.execute(
+        "SELECT last_status, data_timestamp FROM mvo.last_refresh WHERE view_name = 'a'"
+    ).fetchone()
+    assert after == ("failure", stamp)  # the failure is still the last attempt
+    assert before[1] < stamp  # the data timestamp moved forward without a refresh
