@@ -456,6 +456,19 @@ def refresh(
     click.echo(f"run {result.run_id} succeeded: {done} view(s) refreshed")
 
 
+@main.command()
+@click.argument("views", nargs=-1, required=True)
+@click.pass_context
+def resume(ctx: click.Context, views: tuple[str, ...]) -> None:
+    """Resume views the target-lag sensor suspended after repeated failures.
+
+    Refreshes VIEWS once, as 'mvo refresh' does: when that succeeds, the sensor's next tick
+    resumes them and the views downstream of them.
+    """
+    ctx.invoke(refresh, views=views, groups=(), all_views=False, downstream=False)
+    click.echo("resumed: the target-lag sensor takes them up again on its next tick")
+
+
 def _failed_views(events: Sequence[Any]) -> str:
     """Each failed view with its SQLSTATE and message, from the steps' failure metadata
     (``failed_views``, see lib/refresh_step.py); else the steps' own error messages."""

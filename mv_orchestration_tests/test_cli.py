@@ -100,6 +100,14 @@ def test_refresh_through_dagster_lands_in_history(
         assert instance.get_latest_materialization_event(dg.AssetKey(["shop", "mv_grand"]))
 
 
+def test_resume_refreshes_the_views(cli_env: dict[str, str], conn: psycopg.Connection[Any]) -> None:
+    result = run("resume", "shop.mv_sales")
+    assert result.exit_code == 0, result.output
+    assert "succeeded: 1 view(s) refreshed" in result.output
+    assert "resumed: the target-lag sensor takes them up again on its next tick" in result.output
+    assert run("resume").exit_code == 2  # a view is required
+
+
 def test_refresh_group_and_failure_exit_code(
     cli_env: dict[str, str], conn: psycopg.Connection[Any]
 ) -> None:

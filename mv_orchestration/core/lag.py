@@ -179,6 +179,8 @@ class LagScheduler:
             budget = f"{format_duration(spent)} of {format_duration(target)} used"
             held = [busy[m] for m in chain.members if m in busy]
             blocked = [f"{m.qualname} {unavailable[m]}" for m in chain.members if m in unavailable]
+            if view in unavailable:  # its own reason first
+                blocked.insert(0, unavailable[view])
             start_in = chain.since + target - chain.cost_s - now
             if held:
                 reasons[view] = f"{budget}, refresh under way ({held[0]})"

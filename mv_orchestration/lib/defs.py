@@ -162,6 +162,7 @@ def build_definitions(
             name=f"{prefix}_target_lag",
             default_status=sensor_status,
             history_schema=target.history_schema,
+            notifier=notifier,
         )
         if lag_sensor is not None:
             sensors.append(lag_sensor)

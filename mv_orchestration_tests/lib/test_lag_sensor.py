@@ -7,6 +7,7 @@ sensor's clock is the real one plus an offset the tests move forward instead of 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -17,12 +18,14 @@ from dagster._core.test_utils import freeze_time
 
 from mv_orchestration.core.catalog import CatalogSnapshot, RelationRef, read_catalog
 from mv_orchestration.core.lag import DOWNSTREAM, TargetLag
+from mv_orchestration.lib.alerting import Notifier
 from mv_orchestration.lib.assets import build_refresh_assets
 from mv_orchestration.lib.lag_sensor import LAG_TAG, build_lag_sensor, parse_lag_tag
 from mv_orchestration.lib.resource import PostgresResource
 from mv_orchestration.lib.sensors import RUN_KEY_TAG, SENSOR_NAME_TAG
 from mv_orchestration.lib.translator import MvTranslator
 from mv_orchestration_tests.conftest import flushed
+from mv_orchestration_tests.lib.test_alerting import Receiver
 
 DDL = """
 CREATE SCHEMA src;
@@ -66,12 +69,13 @@ class Harness:
         snapshot: CatalogSnapshot,
         instance: dg.DagsterInstance,
         targets: dict[RelationRef, TargetLag] = TARGETS,
+        **sensor_kw: Any,
     ):
         translator = MvTranslator()
         self.resource = PostgresResource(dsn=db_url)
         self.offset = 0.0
         sensor = build_lag_sensor(
-            snapshot, translator, targets, clock=lambda: time.time() + self.offset
+            snapshot, translator, targets, clock=lambda: time.time() + self.offset, **sensor_kw
         )
         assert sensor is not None
         self.sensor = sensor
@@ -321,3 +325,86 @@ def test_a_view_over_a_foreign_table_is_refreshed_once_per_target(
         assert again.skip_message.startswith("ext.mv_rates: ")
         assert "s of 2m used, refresh in 1m5" in again.skip_message
     assert len(h.results) == 2
+
+
+BREAKER_DDL = """
+CREATE SCHEMA src;
+CREATE TABLE src.nums (x int NOT NULL);
+INSERT INTO src.nums VALUES (1);
+CREATE SCHEMA mart;
+CREATE MATERIALIZED VIEW mart.mv_inv AS SELECT sum(1 / x) AS inv FROM src.nums;
+CREATE MATERIALIZED VIEW mart.mv_inv_total AS SELECT inv FROM mart.mv_inv;
+"""
+INV, INV_TOTAL = R("mart", "mv_inv"), R("mart", "mv_inv_total")
+KEYS_OF = {ref: dg.AssetKey([ref.schema, ref.name]) for ref in (INV, INV_TOTAL)}
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+def test_five_failures_suspend_the_view_and_its_downstream_until_a_success(
+    db_url: str,
+    conn: psycopg.Connection[Any],
+    instance: dg.DagsterInstance,
+    receiver: Receiver,
+) -> None:
+    flushed(conn, BREAKER_DDL)
+    snapshot = read_catalog(conn, ["mart"])
+    targets: dict[RelationRef, TargetLag] = {INV: DOWNSTREAM, INV_TOTAL: timedelta(minutes=1)}
+    h = Harness(db_url, snapshot, instance, targets, notifier=Notifier([receiver.url()]))
+    assert h.tick().run_requests == []  # baseline
+    flushed(conn, "INSERT INTO src.nums VALUES (0)")  # every refresh of mv_inv now fails
+    suspended = None
+    for _ in range(12):  # each round past the target and any backoff
+        h.offset += 120.0
+        data = h.tick()
+        if "suspended:" in (data.skip_message or ""):
+            suspended = data
+            break
+    assert suspended is not None
+    assert [r.success for r in h.results] == [False] * 5  # five requested runs, all failed
+    assert suspended.skip_message.startswith(
+        "suspended: mart.mv_inv (5 failures); upstream_suspended: 1 view(s); "
+    )
+    states = {
+        e.asset_key: e.metadata["mvo/state"].value
+        for e in suspended.asset_events
+        if isinstance(e, dg.AssetObservation) and "mvo/state" in e.metadata
+    }
+    assert states == {KEYS_OF[INV]: "suspended", KEYS_OF[INV_TOTAL]: "upstream_suspended"}
+    [alert] = receiver.take()  # one alert, naming the view, the failures and the way back
+    assert "mart.mv_inv failed 5 consecutive refreshes and is suspended" in alert["message"]
+    assert "upstream_suspended: mart.mv_inv_total" in alert["message"]
+    assert "mvo resume mart.mv_inv" in alert["message"]
+
+    for _ in range(3):  # long past the target: still nothing requested, no second alert
+        h.offset += 600.0
+        data = h.tick()
+        assert data.run_requests == []
+        assert "upstream_suspended (mart.mv_inv)" in data.skip_message
+        assert not [e for e in data.asset_events if isinstance(e, dg.AssetObservation)]
+    assert receiver.take() == [] and len(h.results) == 5
+
+    # fixed, and refreshed by hand (as the UI or 'mvo resume' would): resumed
+    flushed(conn, "DELETE FROM src.nums WHERE x = 0")
+    assert h.sensor.job_name is not None
+    job = h.defs.resolve_job_def(h.sensor.job_name)
+    assert job.execute_in_process(instance=instance, asset_selection=[KEYS_OF[INV]]).success
+    resumed = h.tick()
+    states = {
+        e.asset_key: e.metadata["mvo/state"].value
+        for e in resumed.asset_events
+        if isinstance(e, dg.AssetObservation) and "mvo/state" in e.metadata
+    }
+    assert states == {KEYS_OF[INV]: "resumed", KEYS_OF[INV_TOTAL]: "resumed"}
+    # the downstream view, long past its target, is refreshed at once, upstream first
+    [request] = resumed.run_requests
+    assert KEYS_OF[INV_TOTAL] in request.asset_selection
+    assert h.results[-1].success
+    assert "suspended" not in h.tick().skip_message
