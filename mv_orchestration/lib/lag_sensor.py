@@ -27,7 +27,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,6 +38,7 @@ from mv_orchestration.core import history
 from mv_orchestration.core.catalog import CatalogSnapshot, RelationRef
 from mv_orchestration.core.changes import (
     ChangeState,
+    Fingerprint,
     change_sources,
     fingerprints,
     state_to_json,
@@ -277,6 +278,39 @@ class _Breaker:
         return tuple(left)
 
 
+@dataclass(frozen=True)
+class _Read:
+    """What one tick read: fingerprints, durations, and the views' states."""
+
+    fps: Mapping[RelationRef, Fingerprint]
+    durations: Mapping[RelationRef, float]
+    at: float  # when the fingerprints were read (epoch s; runs started later see them)
+    now: float  # the scheduler's clock
+    current: Mapping[RelationRef, str]
+    state: ChangeState
+    note: str | None
+    left: Mapping[RelationRef, Mapping[str, float]]
+    runs: _Runs
+    tick: _Tick
+    eligible: set[RelationRef]
+
+
+@dataclass
+class _Notes:
+    """What a skip says besides the plan: before it (suspensions) and after it."""
+
+    lead: list[str] = field(default_factory=list)
+    after: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Decision:
+    pending: dict[RelationRef, dict[RelationRef, float]]
+    suspended: _Suspended
+    plan: LagPlan
+    selected: list[RelationRef]
+
+
 class _LagSensor(_ChangeSensor):
     """The tick logic of one target-lag sensor."""
 
@@ -323,61 +357,111 @@ class _LagSensor(_ChangeSensor):
         known = max(vs.fresh_at, last_seen)
         return (known if known > 0 else at) - STATS_DELAY_S
 
+    # --- the tick, in four phases ---------------------------------------------------------
+
     def __call__(
         self, context: dg.SensorEvaluationContext, db: PostgresResource
     ) -> dg.SensorResult:
         outer = _Cursor.parse(context.cursor)
+        read = self._read(context, db, outer)
+        decision = self._decide(context, read, outer)
+        events, unsent, notes = self._record(context, db, read, decision, outer)
+        return self._result(context, read, decision, events, notes, unsent)
+
+    def _read(
+        self, context: dg.SensorEvaluationContext, db: PostgresResource, outer: _Cursor
+    ) -> _Read:
+        """1. Fingerprints and expected durations (one connection), then what the instance
+        says of the views (the change sensor's crediting and coalescing)."""
         with db.connection() as conn:
             fps = fingerprints(conn, sorted(self.source_keys))
             durations = self._durations(conn)
         at, now = time.time(), self.clock()
         current = {ref: fp.token for ref, fp in fps.items()}
         state, note = self.load(context, current, at, cursor=outer.changes or "")
-        left = _moved_on(outer.left, state, current)
         runs = _Runs(ActiveRuns.read(context.instance))
         tick = self.resolve(context.instance, state, current, runs, now)
         eligible = set(self.classify(tick, current, runs, at, now))
+        left = _moved_on(outer.left, state, current)
+        return _Read(fps, durations, at, now, current, state, note, left, runs, tick, eligible)
+
+    def _decide(
+        self, context: dg.SensorEvaluationContext, read: _Read, outer: _Cursor
+    ) -> _Decision:
+        """2. Date the pending changes, apply the circuit breaker, ask the scheduler."""
+        tick = read.tick
         pending = {
             v: {
-                s: self._since(tick, v, s, left, at)
-                for s in tick.views[v].pending(self._of(v, current))
+                s: self._since(tick, v, s, read.left, read.at)
+                for s in tick.views[v].pending(self._of(v, read.current))
             }
             for v in self.order
         }
         suspended = self.breaker.check(tick, outer.own)
-        busy, unavailable = self._busy(tick), self._backing_off(tick, now)
+        busy, unavailable = self._busy(tick), self._backing_off(tick, read.now)
         unavailable.update({v: suspended.reason(v) for v in suspended.views})
-        self._without_counters(tick, runs, pending, eligible, busy, unavailable, at, now)
+        self._without_counters(
+            tick, read.runs, pending, read.eligible, busy, unavailable, read.at, read.now
+        )
         plan = self.scheduler.plan(
             pending=pending,
-            durations=durations,
+            durations=read.durations,
             launch_latency_s=launch_latency_s(context.instance, self.name),
-            now=now,
+            now=read.now,
             margin_s=self.interval_s,
             busy=busy,
             unavailable=unavailable,
         )
-        selected = [v for v in plan.refresh if v in eligible]
+        selected = [v for v in plan.refresh if v in read.eligible]
+        return _Decision(pending, suspended, plan, selected)
+
+    def _record(
+        self,
+        context: dg.SensorEvaluationContext,
+        db: PostgresResource,
+        read: _Read,
+        decision: _Decision,
+        outer: _Cursor,
+    ) -> tuple[
+        list[dg.AssetObservation | dg.AssetMaterialization], tuple[RelationRef, ...], _Notes
+    ]:
+        """3. The tick's events: source data versions, suspensions and resumptions (and
+        their alerts), no_data marks of idle views; and what to say of them."""
         events: list[dg.AssetObservation | dg.AssetMaterialization] = [
             observation(self.source_keys[ref], fp)
-            for ref, fp in sorted(fps.items())
-            if state.seen.get(ref) != fp.token
+            for ref, fp in sorted(read.fps.items())
+            if read.state.seen.get(ref) != fp.token
         ]
+        suspended = decision.suspended
         events.extend(self.breaker.events(outer.suspended, suspended, self.keys))
         unsent = self.breaker.alert(context, outer.suspended, outer.unsent, suspended)
-        idle = self._idle(context.instance, pending, tick, now)
+        notes = _Notes(lead=[_suspension_summary(suspended)] if suspended.views else [])
+        idle = self._idle(context.instance, decision.pending, read.tick, read.now)
         if idle:
-            events.extend(self._mark_current(context, db, idle, at))
-        moved = {ref for ref in current if state.seen.get(ref) != current[ref]}
-        for view in suspended.views:  # not backing off: suspended (said first)
+            events.extend(self._mark_current(context, db, idle, read.at))
+            notes.after.append(f"{len(idle)} idle view(s) marked current (no_data, not refreshed)")
+        return events, unsent, notes
+
+    def _result(
+        self,
+        context: dg.SensorEvaluationContext,
+        read: _Read,
+        decision: _Decision,
+        events: Sequence[dg.AssetObservation | dg.AssetMaterialization],
+        notes: _Notes,
+        unsent: tuple[RelationRef, ...],
+    ) -> dg.SensorResult:
+        """4. One run of the due views (claimed in the cursor), or a skip that says why."""
+        tick, plan = read.tick, decision.plan
+        moved = {ref for ref in read.current if read.state.seen.get(ref) != read.current[ref]}
+        for view in decision.suspended.views:  # not backing off: suspended (said first)
             tick.backing_off.pop(view, None)
-        parts = self._report(context, tick, note, moved, first=not outer.changes, now=now)
-        requests = []
+        parts = self._report(
+            context, tick, read.note, moved, first=not context.cursor, now=read.now
+        )
         message = _summary(plan)
-        if idle:
-            parts.insert(0, f"{len(idle)} idle view(s) marked current (no_data, not refreshed)")
-        lead = [_suspension_summary(suspended)] if suspended.views else []
-        if selected:
+        requests = []
+        if decision.selected:
             for line in plan.lines():
                 context.log.info(line)
             tags = {
@@ -385,20 +469,24 @@ class _LagSensor(_ChangeSensor):
                 "mvo/reason": _truncate(message),
                 LAG_TAG: lag_tag(plan),
             }
-            requests.append(self._request(context, tick, selected, current, at, tags=tags))
-        new_state = ChangeState(current, at, tick.views)
+            requests.append(
+                self._request(context, tick, decision.selected, read.current, read.at, tags=tags)
+            )
+        state = ChangeState(read.current, read.at, tick.views)  # with the request's claims
         cursor = _Cursor(
-            state_to_json(new_state),
-            _referenced(left, new_state),
-            suspended.views,
-            frozenset(suspended.own),
-            unsent,
-        ).dump()
+            changes=state_to_json(state),
+            left=_referenced(read.left, state),
+            suspended=decision.suspended.views,
+            own=frozenset(decision.suspended.own),
+            unsent=unsent,
+        )
         return dg.SensorResult(
             run_requests=requests,
-            skip_reason=None if requests else "; ".join([*lead, message, *parts]),
-            cursor=cursor,
-            asset_events=events,
+            skip_reason=None
+            if requests
+            else "; ".join([*notes.lead, message, *notes.after, *parts]),
+            cursor=cursor.dump(),
+            asset_events=list(events),
         )
 
     # --- views whose sources are idle ------------------------------------------------------
