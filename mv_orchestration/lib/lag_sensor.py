@@ -26,8 +26,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -52,6 +52,12 @@ from mv_orchestration.core.lag import (
     format_duration,
 )
 from mv_orchestration.lib.alerting import Notifier
+from mv_orchestration.lib.breaker import (
+    SUSPEND_AFTER,
+    CircuitBreaker,
+    Suspended,
+    suspension_summary,
+)
 from mv_orchestration.lib.resource import PostgresResource
 from mv_orchestration.lib.runs import ActiveRuns, short_id
 from mv_orchestration.lib.sensors import (
@@ -66,7 +72,6 @@ from mv_orchestration.lib.sensors import (
 from mv_orchestration.lib.translator import MvTranslator
 
 CURSOR_VERSION = 1
-SUSPEND_AFTER = 5  # consecutive failed refreshes that suspend a view (circuit breaker)
 STATS_DELAY_S = 1.0  # counters of a busy writer reach other sessions within about a second
 LAG_TAG = "mvo/lag"  # on a run: per view, when its oldest pending change was first seen
 TRIGGER = "target_lag"
@@ -161,124 +166,6 @@ class _Cursor:
 
 
 @dataclass(frozen=True)
-class _Suspended:
-    """This tick's circuit breaker: views suspended after their own failures (with the
-    count), and views below one of those (``upstream_suspended``, with which)."""
-
-    own: Mapping[RelationRef, int]
-    below: Mapping[RelationRef, tuple[RelationRef, ...]]
-
-    @property
-    def views(self) -> frozenset[RelationRef]:
-        return frozenset(self.own) | frozenset(self.below)
-
-    def reason(self, view: RelationRef) -> str:
-        if view in self.own:
-            return (
-                f"suspended after {self.own[view]} consecutive failed refreshes "
-                f"(resume: materialize it, or mvo resume {view.qualname})"
-            )
-        return f"upstream_suspended ({', '.join(u.qualname for u in self.below[view])})"
-
-
-class _Breaker:
-    """After ``after`` consecutive failed refreshes a view is suspended with every view
-    downstream of it: the sensor stops refreshing them, says so in its ticks and as an
-    observation of each (``mvo/state``), and sends one alert per suspension. A successful
-    refresh of the view from any origin (the UI, ``mvo refresh``/``mvo resume``) resumes it
-    and its downstream."""
-
-    def __init__(
-        self,
-        graph: LineageGraph,
-        managed: Collection[RelationRef],
-        *,
-        after: int,
-        notifier: Notifier | None,
-        groups: Mapping[RelationRef, str],
-    ) -> None:
-        self.after = after
-        self.notifier = notifier
-        self.groups = groups
-        self.below = {v: graph.downstream_matviews([v]) & set(managed) for v in managed}
-        self.above = {v: graph.upstream_matviews([v]) & set(managed) for v in managed}
-
-    def check(self, tick: _Tick, previous_own: frozenset[RelationRef]) -> _Suspended:
-        """The suspensions of this tick. A view that failed only because a view above it was
-        suspended (skipped in each run) is released with it: its failures are reset."""
-        failing = {v for v, vs in tick.views.items() if vs.failures >= self.after}
-        for view in sorted(failing):
-            above = self.above.get(view, set())
-            if above & previous_own and not above & failing:
-                tick.views[view] = replace(tick.views[view], failures=0, retry_at=0.0)
-                failing.discard(view)
-        below: dict[RelationRef, set[RelationRef]] = {}
-        for view in failing:
-            for d in self.below.get(view, ()):
-                below.setdefault(d, set()).add(view)
-        own = {v: tick.views[v].failures for v in failing if v not in below}
-        return _Suspended(own, {d: tuple(sorted(u & set(own) or u)) for d, u in below.items()})
-
-    def events(
-        self,
-        previous: frozenset[RelationRef],
-        now: _Suspended,
-        keys: Mapping[RelationRef, dg.AssetKey],
-    ) -> list[dg.AssetObservation]:
-        """An observation of each view whose state changed: suspended, resumed."""
-        out = []
-        for view in sorted(previous | now.views):
-            if (view in previous) == (view in now.views):
-                continue
-            state = (
-                "resumed"
-                if view not in now.views
-                else ("suspended" if view in now.own else "upstream_suspended")
-            )
-            reason = now.reason(view) if view in now.views else "refreshed successfully"
-            out.append(
-                dg.AssetObservation(
-                    asset_key=keys[view],
-                    description=f"target lag: {state}",
-                    metadata={"mvo/state": state, "mvo/reason": reason},
-                )
-            )
-        return out
-
-    def alert(
-        self,
-        context: dg.SensorEvaluationContext,
-        previous: frozenset[RelationRef],
-        unsent: Sequence[RelationRef],
-        now: _Suspended,
-    ) -> tuple[RelationRef, ...]:
-        """Alert each new suspension once (retried on later ticks until delivered); the
-        suspensions still to alert."""
-        todo = [v for v in dict.fromkeys([*unsent, *(v for v in now.own if v not in previous)])]
-        left: list[RelationRef] = []
-        for view in todo:
-            if view not in now.own:
-                continue  # resumed before its alert went out
-            if self.notifier is None or not self.notifier.has_destinations(self.groups.get(view)):
-                context.log.warning(f"{view.qualname}: {now.reason(view)}")
-                continue
-            below = sorted(d for d, ups in now.below.items() if view in ups)
-            names = ", ".join(d.qualname for d in below) or "none"
-            body = (
-                f"{view.qualname} failed {now.own[view]} consecutive refreshes and is suspended, "
-                f"with the {len(below)} view(s) downstream of it (upstream_suspended: {names}). "
-                "The target-lag sensor does not refresh them until the view refreshes "
-                f"successfully: fix the cause, then materialize it in the Dagster UI or run "
-                f"'mvo resume {view.qualname}'."
-            )
-            title = f"mv-orchestration: {view.qualname} suspended"
-            group = self.groups.get(view)
-            if not self.notifier.send(title, body, group=group, severity="failure"):
-                left.append(view)
-        return tuple(left)
-
-
-@dataclass(frozen=True)
 class _Read:
     """What one tick read: fingerprints, durations, and the views' states."""
 
@@ -306,7 +193,7 @@ class _Notes:
 @dataclass(frozen=True)
 class _Decision:
     pending: dict[RelationRef, dict[RelationRef, float]]
-    suspended: _Suspended
+    suspended: Suspended
     plan: LagPlan
     selected: list[RelationRef]
 
@@ -320,7 +207,7 @@ class _LagSensor(_ChangeSensor):
         scheduler: LagScheduler,
         history_schema: str | None,
         foreign: Mapping[RelationRef, frozenset[RelationRef]],
-        breaker: _Breaker,
+        breaker: CircuitBreaker,
         **kw: Any,
     ) -> None:
         super().__init__(**kw)
@@ -435,7 +322,7 @@ class _LagSensor(_ChangeSensor):
         suspended = decision.suspended
         events.extend(self.breaker.events(outer.suspended, suspended, self.keys))
         unsent = self.breaker.alert(context, outer.suspended, outer.unsent, suspended)
-        notes = _Notes(lead=[_suspension_summary(suspended)] if suspended.views else [])
+        notes = _Notes(lead=[suspension_summary(suspended)] if suspended.views else [])
         idle = self._idle(context.instance, decision.pending, read.tick, read.now)
         if idle:
             events.extend(self._mark_current(context, db, idle, read.at))
@@ -638,14 +525,6 @@ def _referenced(
     }
 
 
-def _suspension_summary(suspended: _Suspended) -> str:
-    own = ", ".join(f"{v.qualname} ({n} failures)" for v, n in sorted(suspended.own.items()))
-    text = f"suspended: {own}"
-    if suspended.below:
-        text += f"; upstream_suspended: {len(suspended.below)} view(s)"
-    return text
-
-
 def _summary(plan: LagPlan) -> str:
     """The changed views, most of their budget used first, and a count of the others."""
     changed = sorted(plan.used, key=lambda v: (-plan.used[v], v))
@@ -679,8 +558,8 @@ def build_lag_sensor(
     """The sensor that refreshes the views of ``targets`` (declared target lags) in time, or
     None when no view has a duration target. Its target is those views and the MVs upstream
     of them; ``clock`` is the scheduler's now (tests move it forward). A view whose refreshes
-    fail ``suspend_after`` times in a row is suspended with its downstream (:class:`_Breaker`);
-    ``notifier`` sends the alert of each suspension."""
+    fail ``suspend_after`` times in a row is suspended with its downstream
+    (:mod:`mv_orchestration.lib.breaker`); ``notifier`` sends the alert of each suspension."""
     graph = LineageGraph(snapshot)
     scheduler = LagScheduler(graph, targets)
     if not scheduler.managed:
@@ -704,7 +583,7 @@ def build_lag_sensor(
         scheduler=scheduler,
         history_schema=history_schema,
         foreign=foreign,
-        breaker=_Breaker(
+        breaker=CircuitBreaker(
             graph,
             order,
             after=suspend_after,
