@@ -73,6 +73,8 @@ from mv_orchestration.lib.translator import MvTranslator
 
 CURSOR_VERSION = 1
 STATS_DELAY_S = 1.0  # counters of a busy writer reach other sessions within about a second
+DURATIONS_TTL_S = 300.0  # expected durations are read again after this long
+IDLE_CHECK_S = 60.0  # idle views are checked for a no_data mark at least this often
 LAG_TAG = "mvo/lag"  # on a run: per view, when its oldest pending change was first seen
 TRIGGER = "target_lag"
 _LATENCY_RUNS = 20  # the sensor's last runs that measure launch latency
@@ -216,10 +218,21 @@ class _LagSensor(_ChangeSensor):
         # views reading foreign tables (no counters), with those tables
         self.foreign = foreign
         self.breaker = breaker
+        # process-local caches (the code server keeps the sensor between ticks; a new
+        # process only reads again): expected durations, and when idle views were checked
+        self._durations_at: tuple[float, dict[RelationRef, float]] | None = None
+        self._idle_checked = -math.inf
+        targets = [t.total_seconds() for t in scheduler.effective.values()]
+        # idle views are marked after half their target: check at least 4 times per target
+        self._idle_every_s = min([IDLE_CHECK_S, *(t / 4 for t in targets)])
 
-    def _durations(self, conn: psycopg.Connection[Any]) -> dict[RelationRef, float]:
+    def _durations(self, conn: psycopg.Connection[Any], now: float) -> dict[RelationRef, float]:
+        """Expected refresh durations, read again every :data:`DURATIONS_TTL_S`: the p90
+        over a day moves slowly, and its query reads a day of history."""
         if self.history_schema is None:
             return {}
+        if self._durations_at is not None and now - self._durations_at[0] < DURATIONS_TTL_S:
+            return self._durations_at[1]
         try:
             found = history.expected_durations(
                 conn, self.history_schema, [(r.schema, r.name) for r in self.order]
@@ -228,7 +241,9 @@ class _LagSensor(_ChangeSensor):
             if conn.broken:
                 raise
             return {}  # no history (yet, or not readable): default durations
-        return {RelationRef(s, n): d for (s, n), d in found.items()}
+        durations = {RelationRef(s, n): d for (s, n), d in found.items()}
+        self._durations_at = (now, durations)
+        return durations
 
     def _since(
         self,
@@ -262,7 +277,7 @@ class _LagSensor(_ChangeSensor):
         says of the views (the change sensor's crediting and coalescing)."""
         with db.connection() as conn:
             fps = fingerprints(conn, sorted(self.source_keys))
-            durations = self._durations(conn)
+            durations = self._durations(conn, time.time())
         at, now = time.time(), self.clock()
         current = {ref: fp.token for ref, fp in fps.items()}
         state, note = self.load(context, current, at, cursor=outer.changes or "")
@@ -386,7 +401,11 @@ class _LagSensor(_ChangeSensor):
         now: float,
     ) -> dict[RelationRef, str | None]:
         """Views with a target and nothing pending whose last materialization is older than
-        half their target, with that materialization's data version (one query)."""
+        half their target, with that materialization's data version (one query, at most
+        every quarter of the smallest target or :data:`IDLE_CHECK_S`)."""
+        if now - self._idle_checked < self._idle_every_s:
+            return {}
+        self._idle_checked = now
         targets = self.scheduler.effective
         quiet = [
             v
