@@ -45,7 +45,7 @@ SYSTEMS = ("school", "saas")
 # larger a fixed per-refresh cost is in proportion, so these are the hard cases for 5 %.
 VIEWS = (
     ("school", "mv_school_overview", "one row per school; reads two other MVs"),
-    ("saas", "platform_metrics", "one row of platform totals over four tables (seed 004)"),
+    ("saas", "platform_metrics", "one row of platform totals over four tables"),
 )
 RUN_ID = "bench-history-cost"
 

@@ -48,7 +48,7 @@ from mv_orchestration.core.refresh import refresh_view
 from mv_orchestration.lib.sensors import build_change_sensor
 
 HOUR_S = 3600.0
-CRON = "*/2 * * * *"  # the demo's school policy; also what seed 000 runs
+CRON = "*/2 * * * *"  # the demo's school policy; also what the school team's own setup ran
 CRON_TZ = "UTC"
 SENSOR_INTERVAL_S = float(
     inspect.signature(build_change_sensor).parameters["minimum_interval_seconds"].default

@@ -284,7 +284,7 @@ def history_tables(result: HistoryResult, fmt: str) -> tuple[str, str]:
 
 _WRITER_LABELS = {
     "none": "(i) nothing",
-    "trigger": "(ii) seed 001 trigger",
+    "trigger": "(ii) refresh-on-insert trigger",
     "sensor": "(iii) change sensor, default interval",
     "sensor_fast": "(iv) change sensor, 1 s interval (stress)",
     "busy": "(v) control: a CPU-bound query elsewhere",
@@ -653,7 +653,7 @@ Target: *history writes add under {100 * TARGET:.0f} % to the duration of a refr
 Data: the `school` and `saas` demo systems loaded by `mv_orchestration.demo.data.load_demo`
 at scale {h.scale:g} ({h.table_rows:,} rows in their tables). Both MVs have a unique index and
 refresh `CONCURRENTLY`; both are small, fast refreshes, where a fixed per-refresh cost weighs
-most (`saas.platform_metrics` is seed 004's view, whose refreshes that seed logged). Per MV, {h.warmup} warm-up rounds (discarded) and {h.rounds} measured rounds,
+most (`saas.platform_metrics` is the view whose refreshes the SaaS metrics team logged by hand). Per MV, {h.warmup} warm-up rounds (discarded) and {h.rounds} measured rounds,
 one sample of each variant per round:
 
 * **(1)** `refresh_view(conn, schema, name)` on an open autocommit connection;
@@ -718,7 +718,7 @@ def _section_d(w: WriterResult, cpus: str) -> str:
         "slows the writer by about that much with no refreshing at all."
     )
     summary = (
-        f"With the seed's trigger every single-row insert waits for four full `REFRESH`es: the "
+        f"With that trigger every single-row insert waits for four full `REFRESH`es: the "
         f"writer managed {trig.rate:,.1f} inserts/s, {trig.rate / base.rate:.4f}x the "
         f"{base.rate:,.0f} inserts/s without it. With the change sensor at its default interval "
         f"it managed {sens.rate / base.rate:.3f}x, and with the sensor ticking every "
@@ -745,7 +745,7 @@ def _section_d(w: WriterResult, cpus: str) -> str:
     summary += spread
     return f"""## D. Writer throughput on `llm_usage.api_usage` (issue 3 a)
 
-The LLM-usage demo (seed 001) loaded by `load_demo` at scale {w.scale:g}: `api_usage`
+The LLM-usage demo loaded by `load_demo` at scale {w.scale:g}: `api_usage`
 (RANGE-partitioned by month, plus a DEFAULT partition) holds {w.table_rows:,} rows at the
 start of every window, and four MVs read it: {", ".join(f"`{m}`" for m in w.matviews)}.
 One writer session inserts single rows, one autocommit `INSERT ... VALUES` (one transaction)
@@ -754,12 +754,12 @@ from the loaded table, `created_at` left to its default `now()`, so each lands i
 month's partition). Variants:
 
 * **(i)** nothing: no refresh machinery.
-* **(ii)** seed 001's refresh-on-insert trigger, translated: the seed's two `FOR EACH
-  STATEMENT` triggers on `api_usage` run `trigger_refresh_analytics_views()`, whose body the
-  seed does not show; it says the function "sends notification" and lists "database triggers
+* **(ii)** the LLM-usage team's refresh-on-insert trigger, translated: its two `FOR EACH
+  STATEMENT` triggers on `api_usage` run `trigger_refresh_analytics_views()`, whose body their
+  setup does not show; it says the function "sends notification" and lists "database triggers
   (automatic)" among the callers of `refresh_analytics_views()` (four plain `REFRESH`es). No
-  listener appears anywhere in the seed, so the trigger function does both, in the inserting
-  transaction — the only reading under which the seed's views refresh at all. One call of
+  listener appears anywhere in that setup, so the trigger function does both, in the inserting
+  transaction — the only reading under which their views refresh at all. One call of
   `refresh_analytics_views()` took {fmt_ms(w.trigger_refresh_ms)} ms on this table (median of
   3, before the windows). After each window the all-time MV is checked to have counted every
   row, i.e. the trigger refreshed on every insert. As installed:

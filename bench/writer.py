@@ -5,8 +5,8 @@ autocommit INSERT (= one transaction) after another, for a fixed wall time per w
 one of these runs:
 
 (i)   nothing: no refresh machinery at all;
-(ii)  seed 001's refresh-on-insert trigger: ``AFTER INSERT ... FOR EACH STATEMENT`` on
-      ``api_usage`` calling ``trigger_refresh_analytics_views()``, which calls the seed's
+(ii)  the LLM-usage team's refresh-on-insert trigger: ``AFTER INSERT ... FOR EACH STATEMENT`` on
+      ``api_usage`` calling ``trigger_refresh_analytics_views()``, which calls their
       ``refresh_analytics_views()`` (a plain ``REFRESH MATERIALIZED VIEW`` of the four MVs)
       inside the inserting transaction (see :func:`seed_trigger_sql`);
 (iii) this project's change sensor at its default interval: a background thread that, every
@@ -64,13 +64,13 @@ FAST_INTERVAL_S = 1.0
 SAMPLE_ROWS = 5000
 REFRESH_FUNCTION = "refresh_analytics_views"
 TRIGGER_FUNCTION = "trigger_refresh_analytics_views"
-# The seed's two statement-level triggers; the writer only fires the INSERT one.
+# Their two statement-level triggers; the writer only fires the INSERT one.
 TRIGGERS = (
     ("auto_refresh_analytics_on_insert", sql.SQL("INSERT")),
     ("auto_refresh_analytics_on_update", sql.SQL("UPDATE")),
 )
 NOTIFY_CHANNEL = "refresh_analytics"
-# refresh_analytics_views() in the seed refreshes the four MVs in this order.
+# refresh_analytics_views() in their setup refreshes the four MVs in this order.
 SEED_ORDER = ("mv_daily_metrics", "mv_provider_performance", "mv_model_costs", "mv_model_usage")
 
 
@@ -102,26 +102,26 @@ class WriterResult:
     sensor_interval_s: float
     fast_interval_s: float
     trigger_refresh_ms: float  # median duration of one refresh_analytics_views() call
-    trigger_sql: str  # the seed's functions and triggers as installed
+    trigger_sql: str  # their functions and triggers as installed
 
     def get(self, variant: str) -> WriterVariant:
         return next(v for v in self.variants if v.variant == variant)
 
 
 def seed_trigger_sql(system: LlmSystem) -> list[sql.Composed]:
-    """Seed 001's functions and triggers, translated; the triggers are created per window.
+    """The LLM-usage team's functions and triggers, translated; the triggers are created per window.
 
-    The seed shows ``refresh_analytics_views()`` (``SECURITY DEFINER``, plain ``REFRESH`` of
+    Their setup shows ``refresh_analytics_views()`` (``SECURITY DEFINER``, plain ``REFRESH`` of
     the four MVs) and the two ``FOR EACH STATEMENT`` triggers, and names
     ``trigger_refresh_analytics_views()`` as their function without showing its body: it
     "sends notification", and "database triggers (automatic)" are listed among the callers of
-    ``refresh_analytics_views()``. No listener appears anywhere in the seed, so the trigger
+    ``refresh_analytics_views()``. No listener appears anywhere in it, so the trigger
     function does both, ``pg_notify`` and the refresh, in the inserting transaction - the only
-    reading under which the seed's views refresh at all, and the demo DDL's own reading.
+    reading under which their views refresh at all, and the demo DDL's own reading.
     Returns the function statements; :func:`trigger_statements` gives the triggers.
     """
     if sorted(SEED_ORDER) != sorted(mv.name for mv in system.order):
-        raise RuntimeError(f"the demo's MVs are not the seed's: {system.order}")
+        raise RuntimeError(f"the demo's MVs are not the trigger's: {system.order}")
     refreshes = sql.SQL("\n").join(
         sql.SQL("  REFRESH MATERIALIZED VIEW {};").format(relation(LLM_SCHEMA, name))
         for name in SEED_ORDER

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -69,6 +71,51 @@ def test_help_lists_commands() -> None:
     assert result.exit_code == 0
     for cmd in ("dev", "discover", "refresh", "db"):
         assert cmd in result.output
+
+
+# Runs the CLI in a fresh interpreter and reports, as its last stderr line, its exit code
+# and which heavy modules it imported.
+_PROBE = """
+import json, runpy, sys
+sys.argv = ["mvo", *sys.argv[1:]]
+try:
+    runpy.run_module("mv_orchestration.cli", run_name="__main__")
+    code = 0
+except SystemExit as exc:
+    code = exc.code
+heavy = [m for m in ("dagster", "pandas") if m in sys.modules]
+print(json.dumps({"code": code, "heavy": heavy}), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (("--help",), 0),
+        (("status", "--help"), 0),
+        (("refresh", "--help"), 0),
+        (("discover", "--help"), 0),
+        (("db", "--help"), 0),
+        (("dev", "--help"), 0),
+        (("refresh",), 2),  # no selection
+        (("status", "--since", "forever"), 2),
+        (("discover", "--no-such-option"), 2),
+        (("no-such-command",), 2),
+    ],
+)
+def test_help_and_usage_errors_import_neither_dagster_nor_pandas(
+    args: tuple[str, ...], code: int
+) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE, *args],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    report = json.loads(proc.stderr.strip().splitlines()[-1])
+    assert report == {"code": code, "heavy": []}, proc.stderr
 
 
 def test_discover_table_and_json(cli_env: dict[str, str]) -> None:
@@ -235,11 +282,10 @@ def test_status_shows_target_and_achieved_lag(
     assert (sales["lag_p50_s"], sales["lag_max_s"]) == (40.0, 4000.0)
     assert sales["within_target_pct"] == pytest.approx(66.67)
     assert rows["shop.mv_grand"]["lag_p50_s"] is None  # no target-lag refresh recorded
-    table = run("status", "shop.mv_sales").output
-    assert table.splitlines()[0].split()[:7] == [
-        "view", "health", "freshness", "target", "lag_p50", "lag_max", "in_target",
-    ]  # fmt: skip
-    assert table.splitlines()[1].split()[3:7] == ["1h", "40s", "1h6m40s", "66.67%"]
+    wide = run("status", "shop.mv_sales", "--wide").output.splitlines()
+    assert "TARGET" in wide[0] and "LAG P50 S" in wide[0] and "IN TARGET" in wide[0]
+    row = wide[1].split()
+    assert row[0] == "shop.mv_sales" and "1h" in row and "40.0" in row and "66.7%" in row
 
 
 def test_db_start_prints_the_url_without_its_password(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -277,3 +323,60 @@ def test_nothing_to_manage(cli_env: dict[str, str], conn: psycopg.Connection[Any
             "Error: nothing to manage: no materialized views in schema(s) empty (MVO_SCHEMAS)"
             " (see 'mvo discover')\n"
         )
+
+
+HOSTILE_DDL = '''
+CREATE SCHEMA "we ird";
+CREATE TABLE "we ird"."src tab" (id int PRIMARY KEY);
+INSERT INTO "we ird"."src tab" VALUES (1);
+CREATE MATERIALIZED VIEW "we ird"."v1.2" AS SELECT id FROM "we ird"."src tab";
+CREATE SCHEMA "My ""Schema""";
+CREATE MATERIALIZED VIEW "My ""Schema"""."Odd ""v""; DROP TABLE x; --" AS
+    SELECT id FROM "we ird"."src tab";
+'''
+V12 = '"we ird"."v1.2"'
+ODD = '"My ""Schema"""."Odd ""v""; DROP TABLE x; --"'
+
+
+def test_refresh_takes_every_form_of_a_hostile_name(
+    cli_env: dict[str, str], conn: psycopg.Connection[Any]
+) -> None:
+    conn.execute(HOSTILE_DDL)
+    printed = json.loads(run("discover", "--json").output)["refresh_order"]
+    assert {V12, ODD} <= set(printed), "the forms below start from what discover prints"
+    assert V12 in run("discover").output
+    forms = {
+        V12: [V12, '"we ird".v1.2', "we ird.v1.2", "v1.2", '"v1.2"'],
+        ODD: [ODD, '"Odd ""v""; DROP TABLE x; --"', 'My "Schema".Odd "v"; DROP TABLE x; --'],
+    }
+    for view, names in forms.items():
+        for name in names:
+            conn.execute(
+                'INSERT INTO "we ird"."src tab" SELECT max(id) + 1 FROM "we ird"."src tab"'
+            )
+            result = run("refresh", name)
+            assert result.exit_code == 0, (name, result.output)
+            assert f"[1/1] refreshed {view}" in result.output, (name, result.output)
+    # each refresh saw the row inserted just before it
+    assert conn.execute('SELECT count(*) FROM "we ird"."v1.2"').fetchone() == (6,)
+    odd = 'SELECT count(*) FROM "My ""Schema"""."Odd ""v""; DROP TABLE x; --"'
+    assert conn.execute(odd).fetchone() == (9,)
+    bad = run("refresh", '"we ird"."v1.3"')
+    assert bad.exit_code == 1
+    assert bad.output.strip() == (
+        "Error: no materialized view named '\"we ird\".\"v1.3\"' (see 'mvo discover')"
+    )
+
+
+def test_a_name_fitting_several_views_is_ambiguous() -> None:
+    from mv_orchestration.cli.selection import matching
+
+    views = [("a.b", "c"), ("a", "b.c"), ("Up", "Case")]
+    assert matching("a.b.c", views) == [("a.b", "c"), ("a", "b.c")]
+    assert matching('"a.b".c', views) == [("a.b", "c")]
+    assert matching('a."b.c"', views) == [("a", "b.c")]
+    assert matching("c", views) == [("a.b", "c")]
+    # unquoted parts fold to lower case as in PostgreSQL, and match as written
+    assert matching("Up.Case", views) == [("Up", "Case")]
+    assert matching("up.case", views) == []
+    assert matching('"unclosed', views) == []

@@ -1,7 +1,8 @@
 """Refresh history kept in the target database itself.
 
 Replaces the hand-built ``metrics_refresh_log`` + ``get_metrics_refresh_stats()`` +
-``cleanup_old_metrics_logs()`` of seed 004 for every materialized view.
+``cleanup_old_metrics_logs()`` that the SaaS metrics team wrote for one view, for every
+materialized view.
 
 What :func:`ensure_history` creates (schema ``mvo`` unless told otherwise), as numbered
 migrations recorded in ``<schema>.schema_migrations``:
@@ -16,8 +17,8 @@ migrations recorded in ``<schema>.schema_migrations``:
   - ``<schema>.last_refresh``: a view with one row per MV — ``data_as_of`` (when its last
     successful refresh finished), its row count then, and the last attempt's status, SQLSTATE
     and error. Apps read it to show "data as of …";
-  - ``<schema>.refresh_stats(hours integer DEFAULT 24)`` (like seed 004's
-    ``get_metrics_refresh_stats``) and ``<schema>.refresh_stats_since(since timestamptz)``
+  - ``<schema>.refresh_stats(hours integer DEFAULT 24)`` (like the SaaS metrics
+    team's ``get_metrics_refresh_stats``) and ``<schema>.refresh_stats_since(since timestamptz)``
     which it calls: per view over attempts started in the window — total, successes,
     failures, success rate (percent, 2 decimals), avg/min/max duration of the *successful*
     refreshes (a lock-timeout failure's duration measures waiting, not refreshing), last
@@ -819,6 +820,38 @@ def read_stats(
     stmt = sql.SQL(text).format(fn=sql.Identifier(schema, "refresh_stats_since"))
     with conn.cursor(row_factory=class_row(ViewStats)) as cur:
         return cur.execute(stmt, params).fetchall()
+
+
+_LAST_SUCCESSES = """
+SELECT v.view_schema, v.view_name, last.finished_at
+FROM unnest(%(schemas)s::text[], %(names)s::text[]) AS v(view_schema, view_name)
+CROSS JOIN LATERAL (
+    SELECT max(h.finished_at) AS finished_at FROM {table} h
+    WHERE h.view_schema = v.view_schema AND h.view_name = v.view_name
+      AND h.status IN ('success', 'no_data')
+) last
+WHERE last.finished_at IS NOT NULL
+"""
+
+
+def read_last_successes(
+    conn: psycopg.Connection[Any], schema: str, views: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], datetime]:
+    """When each of ``views`` last refreshed successfully, however long ago (views never
+    refreshed are left out). A ``no_data`` row (version 4) counts: the view was current then,
+    with nothing to refresh."""
+    stmt = sql.SQL(_LAST_SUCCESSES).format(table=sql.Identifier(schema, "refresh_history"))
+    rows = conn.execute(stmt, _view_filter(views)).fetchall()
+    return {(str(s), str(n)): at for s, n, at in rows}
+
+
+def history_since(conn: psycopg.Connection[Any], schema: str) -> datetime | None:
+    """When the refresh history begins: its oldest attempt of any view (None when empty)."""
+    stmt = sql.SQL("SELECT min(started_at) FROM {}").format(
+        sql.Identifier(schema, "refresh_history")
+    )
+    row = conn.execute(stmt).fetchone()
+    return row[0] if row else None
 
 
 HISTORY_COLUMNS = (

@@ -1,4 +1,5 @@
-"""The demo database: five dashboard systems from ``seeds/``, with data and live traffic.
+"""The demo database: five dashboard systems, each modelled on a real team's
+hand-rolled refresh setup, with data and live traffic.
 
 Each system has a static DDL file in ``sql/`` (schema, tables, plain views, materialized
 views, indexes, comments) and a module in ``systems/`` with its bulk loader and its "live

@@ -187,7 +187,6 @@ def test_busy_and_backing_off_views_are_not_requested(graph: LineageGraph) -> No
     )
     assert plan.refresh == ()
     assert plan.reasons[TOP] == "1m30s of 1m used, refresh under way (run 1a2b3c4d)"
-    assert plan.reasons[OTHER] == (
-        "1m30s of 1m used, not requested: m.other backing off after 3 failed refreshes, "
-        "next try in 40s"
+    assert plan.reasons[OTHER] == (  # its own reason, unnamed; an upstream one is named
+        "1m30s of 1m used, not requested: backing off after 3 failed refreshes, next try in 40s"
     )

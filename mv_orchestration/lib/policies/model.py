@@ -32,6 +32,7 @@ from pydantic import (
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 from pydantic_core import PydanticCustomError
 
+from mv_orchestration.core.durations import parse_duration as parse_duration
 from mv_orchestration.core.lag import DEFAULT_TARGET_LAG, DOWNSTREAM, MIN_TARGET_LAG, TargetLag
 from mv_orchestration.errors import ConfigError
 from mv_orchestration.lib.alerting import split_urls, url_problem
@@ -41,8 +42,6 @@ KeyPath = Sequence[str | int]
 _CONFIG = ConfigDict(extra="forbid")  # the dataclasses are frozen by their decorator
 _MODEL_CONFIG = ConfigDict(extra="forbid", frozen=True)
 _BARE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_NUMBER = r"(\d+(?:\.\d+)?)"
-_DURATION = re.compile(rf"(?:{_NUMBER}d)?(?:{_NUMBER}h)?(?:{_NUMBER}m)?(?:{_NUMBER}s)?")
 _MIN_WINDOW = timedelta(minutes=1)  # Dagster refuses shorter freshness windows
 _CRON_STEP = re.compile(r"(?:\*|\d+(?:-(\d+))?)/(\d+)")  # */n, a/n, a-b/n
 _CRON_FIELD_MAX = (59, 23, 31, 12, 7)
@@ -85,18 +84,6 @@ def _invalid(reason: str) -> PydanticCustomError:
 
 
 # --- values -----------------------------------------------------------------------------------
-
-
-def parse_duration(text: str) -> timedelta | None:
-    """``90s``, ``15m``, ``1.5h``, ``1d`` or a combination like ``1d12h`` (units in the order
-    d, h, m, s; case-insensitive); None if malformed. The one duration grammar of the policy
-    file and the CLI (``mvo status --since``)."""
-    raw = text.strip().lower()
-    match = _DURATION.fullmatch(raw)
-    if not raw or match is None:
-        return None
-    days, hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
-    return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
 
 
 def _fmt_delta(delta: timedelta) -> str:
