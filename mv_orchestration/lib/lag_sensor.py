@@ -240,7 +240,7 @@ class _LagSensor(_ChangeSensor):
         except psycopg.Error:
             if conn.broken:
                 raise
-            return {}  # no history (yet, or not readable): default durations
+            found = {}  # no history (yet, or not readable): default durations, for a while
         durations = {RelationRef(s, n): d for (s, n), d in found.items()}
         self._durations_at = (now, durations)
         return durations
@@ -253,6 +253,8 @@ class _LagSensor(_ChangeSensor):
         left: Mapping[RelationRef, Mapping[str, float]],
         at: float,
     ) -> float:
+        """When ``source`` first changed after the data ``view`` last saw: at the latest
+        read that still saw the token the view is fresh against, or that token's own read."""
         vs = tick.views[view]
         token = vs.fresh.get(source)
         last_seen = left.get(source, {}).get(token, 0.0) if token is not None else 0.0
