@@ -44,8 +44,11 @@ def _demo_loaded(url: str) -> bool:
     show_default=True,
     help="Keep inserting demo traffic while the UI runs.",
 )
+@click.option("--verbose", is_flag=True, help="Dagster's logs on the terminal, not in a file.")
 @one_line_errors
-def dev(host: str, port: int, reload_demo: bool, scale: float, generate: bool) -> None:
+def dev(
+    host: str, port: int, reload_demo: bool, scale: float, generate: bool, verbose: bool
+) -> None:
     """Run the Dagster UI; without DATABASE_URL, on the embedded demo database."""
     import psycopg
 
@@ -66,7 +69,7 @@ def dev(host: str, port: int, reload_demo: bool, scale: float, generate: bool) -
         if reload_demo or not _demo_loaded(url):
             echo_err(f"loading the demo systems (scale {scale}) ...")
             with psycopg.connect(url, autocommit=True) as conn:
-                counts = data.load_demo(conn, scale=scale, progress=lambda m: echo_err(f"  {m}"))
+                counts = data.load_demo(conn, scale=scale)
             echo_err(f"loaded {sum(counts.values()):,} rows into {len(counts)} tables")
         env["DATABASE_URL"] = url
         if not os.environ.get("MVO_POLICIES"):
@@ -84,19 +87,9 @@ def dev(host: str, port: int, reload_demo: bool, scale: float, generate: bool) -
         )
         gen.start()
         echo_err("demo traffic generator running (disable with --no-generate)")
-    cmd = [
-        sys.executable,
-        "-m",
-        "dagster",
-        "dev",
-        "-w",
-        str(project_dir / "workspace.yaml"),
-        "-h",
-        host,
-        "-p",
-        str(port),
-    ]
-    echo_err(f"Dagster UI: http://{host}:{port}  (Ctrl-C to stop)")
+    from mv_orchestration.devserver import dagster_dev_command, run_dagster_dev
+
+    cmd = dagster_dev_command(project_dir / "workspace.yaml", host, port)
     # Run from DAGSTER_HOME so Dagster doesn't warn about the project's dagster.yaml in the
     # working directory; the workspace path is absolute and the state dir is pinned.
     env["MVO_STATE_DIR"] = str(state_dir())
@@ -108,13 +101,16 @@ def dev(host: str, port: int, reload_demo: bool, scale: float, generate: bool) -
         with scoped_env(**env), dg.DagsterInstance.get() as inst:
             yield inst
 
-    from mv_orchestration.devserver import run_dagster_dev
-
     try:
         # Ctrl-C, `kill`, a closed terminal: runs in flight are terminated through Dagster
         # before dagster dev stops (mv_orchestration/devserver.py)
         code = run_dagster_dev(
-            cmd, env={**os.environ, **env}, cwd=env["DAGSTER_HOME"], open_instance=instance
+            cmd,
+            env={**os.environ, **env},
+            cwd=env["DAGSTER_HOME"],
+            open_instance=instance,
+            ui_url=f"http://{host}:{port}",
+            verbose=verbose,
         )
     finally:
         stop.set()

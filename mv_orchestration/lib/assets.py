@@ -7,7 +7,6 @@ fails, the MVs downstream of it in the same run are skipped (not refreshed from 
 inputs), the others still refresh, and the step fails naming every failure.
 """
 
-import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -23,23 +22,6 @@ from mv_orchestration.lib.translator import MvTranslator, safe_name
 
 PREVIEW_ROWS = 5
 CHUNK_VIEWS = 100
-_IDENTIFIER = re.compile(r"[A-Za-z0-9_]+")
-
-
-def _out_from_spec(spec: dg.AssetSpec) -> dg.AssetOut:
-    return dg.AssetOut(
-        key=spec.key,
-        description=spec.description,
-        is_required=False,
-        metadata=spec.metadata,
-        group_name=spec.group_name,
-        code_version=spec.code_version,
-        automation_condition=spec.automation_condition,
-        owners=spec.owners,
-        tags=spec.tags,
-        kinds=spec.kinds,
-        freshness_policy=spec.freshness_policy,
-    )
 
 
 def build_refresh_assets(
@@ -72,8 +54,6 @@ def build_refresh_assets(
 
     specs = {mv.ref: translator.get_mv_spec(mv, snapshot) for mv in snapshot.matviews}
     limits = {ref: (thresholds or {}).get(ref, CheckThresholds()) for ref in specs}
-    # Dagster names a check's output after the asset key, with no override, so an MV whose
-    # name holds spaces or quotes cannot carry checks (it still refreshes and records history).
     checks = {
         ref: check_specs(
             spec.key,
@@ -81,16 +61,9 @@ def build_refresh_assets(
             with_history=history_schema is not None,
             concurrent=snapshot.matview(ref).has_usable_unique_index,
         )
-        if _IDENTIFIER.fullmatch(spec.key.to_python_identifier())
-        else []
         for ref, spec in specs.items()
     }
-    # Output names must match ^[A-Za-z0-9_]+$ while keys may hold any identifier, so outputs
-    # are named here; lineage goes through deps/internal_asset_deps (AssetOut has no deps).
-    names = {
-        ref: f"{safe_name('__'.join(spec.key.path))}_{i}"
-        for i, (ref, spec) in enumerate(specs.items())
-    }
+    names = output_names(specs)
     graph = LineageGraph(snapshot)
     plan = RefreshPlan(
         graph=graph,
@@ -117,6 +90,33 @@ def build_refresh_assets(
     return [*sources, *refreshers]
 
 
+def output_names(specs: Mapping[RelationRef, dg.AssetSpec]) -> dict[RelationRef, str]:
+    """Each MV's op output name: ``^[A-Za-z0-9_]+$`` (Dagster's rule for output names) and
+    unique, whatever the view's name (asset keys may hold any character PostgreSQL allows).
+
+    The safe form of the key plus the view's position: two views whose names differ only in
+    characters :func:`safe_name` drops (``a.b`` and ``a_b``, ``売上`` and ``販売``) still get
+    different names, because the part after the last ``_`` is the position.
+    """
+    return {
+        ref: f"{safe_name('__'.join(spec.key.path))}_{i}"
+        for i, (ref, spec) in enumerate(specs.items())
+    }
+
+
+def check_output_name(output_name: str, check_name: str) -> str:
+    """The op output of one check of the MV whose output is ``output_name``.
+
+    Unique: output names are unique and end in a digit, and a view's check names are unique,
+    start with a letter and hold no ``__``, so the last ``__`` splits the two apart again.
+    Dagster's decorators would name it after the asset key instead
+    (``AssetCheckSpec.get_python_identifier``), which is not a valid output name for keys with
+    spaces, quotes, ``/``, ``$``, ``{`` or non-ASCII letters, and is the same for ``a.b`` and
+    ``a_b``.
+    """
+    return f"{output_name}__{check_name}"
+
+
 def _refresh_multi_asset(
     plan: RefreshPlan,
     refs: list[RelationRef],
@@ -125,35 +125,50 @@ def _refresh_multi_asset(
     name: str,
     pool: str | None,
 ) -> dg.AssetsDefinition:
-    """One subsettable multi-asset refreshing ``refs`` (a chunk of the database's MVs)."""
-    specs = {ref: plan.specs[ref] for ref in refs}
-    outs = {names[ref]: _out_from_spec(spec) for ref, spec in specs.items()}
-    internal_deps = {names[ref]: {d.asset_key for d in spec.deps} for ref, spec in specs.items()}
-    own_keys = {spec.key for spec in specs.values()}
+    """One subsettable multi-asset refreshing ``refs`` (a chunk of the database's MVs).
+
+    Built from an op and ``AssetsDefinition`` rather than ``@multi_asset``, so that every op
+    input, output and check output is named here (``@multi_asset`` derives check outputs and
+    ``deps`` inputs from asset keys, which fails for many PostgreSQL names).
+    """
+    specs = [plan.specs[ref] for ref in refs]
+    own_keys = {spec.key for spec in specs}
     external_deps = sorted(
-        {d.asset_key for spec in specs.values() for d in spec.deps} - own_keys,
+        {d.asset_key for spec in specs for d in spec.deps} - own_keys,
         key=lambda k: tuple(k.path),
     )
+    # one Nothing-typed input per upstream asset outside this chunk: sources, and MVs of the
+    # chunks this op must run after
+    keys_by_input_name = {f"source_{i}": key for i, key in enumerate(external_deps)}
+    keys_by_output_name = {names[ref]: plan.specs[ref].key for ref in refs}
+    checks_by_output_name = {
+        check_output_name(names[ref], check.name): check
+        for ref in refs
+        for check in plan.checks[ref]
+    }
+    outs = {
+        **{out: dg.Out(is_required=False) for out in keys_by_output_name},
+        **{out: dg.Out(is_required=False) for out in checks_by_output_name},
+    }
 
-    @dg.multi_asset(
+    @dg.op(
         name=name,
-        outs=outs,
-        # Nothing-typed inputs with our own names: deps= would derive input names from keys,
-        # which fails for names with spaces or quotes.
-        ins={
-            f"source_{i}": dg.AssetIn(key=key, dagster_type=dg.Nothing)
-            for i, key in enumerate(external_deps)
-        },
-        internal_asset_deps=internal_deps,
-        check_specs=[c for ref in refs for c in plan.checks[ref]],
-        can_subset=True,
+        ins={input_name: dg.In(dg.Nothing) for input_name in keys_by_input_name},
+        out=outs,
         required_resource_keys={plan.resource_key},
         pool=pool,
-        op_tags={"kind": "postgres"},
+        tags={"kind": "postgres"},
     )
     def refresh_materialized_views(
         context: AssetExecutionContext,
     ) -> Iterator[dg.MaterializeResult[Any]]:
         yield from RefreshStep(plan, context).run()
 
-    return refresh_materialized_views
+    return dg.AssetsDefinition(
+        node_def=refresh_materialized_views,
+        keys_by_input_name=keys_by_input_name,
+        keys_by_output_name=keys_by_output_name,
+        check_specs_by_output_name=checks_by_output_name,
+        specs=specs,
+        can_subset=True,
+    )

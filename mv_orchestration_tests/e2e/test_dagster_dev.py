@@ -7,7 +7,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ import pytest
 import requests
 
 from mv_orchestration.demo import data
+from mv_orchestration.devserver import dagster_dev_command
 from mv_orchestration_tests.conftest import PgServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,7 +97,7 @@ def demo_db(pg_server: PgServer) -> Iterator[str]:
 def running_dagster_dev(
     pg_server: PgServer, db_url: str, home: Path
 ) -> Iterator[tuple[DagsterDev, str]]:
-    """A real ``dagster dev`` on ``db_url`` with its instance in ``home`` and its storage in a
+    """A real ``dg dev`` (what ``mvo dev`` runs) on ``db_url`` with its instance in ``home`` and its storage in a
     new database (dropped after); yields it once its assets have loaded, with the storage
     URL (psycopg2 form, as ``dagster.yaml`` reads it)."""
     shutil.copyfile(ROOT / "dagster.yaml", home / "dagster.yaml")
@@ -116,10 +116,7 @@ def running_dagster_dev(
     log = home / "dagster-dev.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "dagster", "dev", "-w", "workspace.yaml"),
-                *("-h", "127.0.0.1", "-p", str(port)),
-            ],
+            dagster_dev_command(ROOT / "workspace.yaml", "127.0.0.1", port),
             cwd=ROOT,
             env=env,
             stdout=out,
@@ -191,6 +188,7 @@ def test_materialize_view_and_downstream_from_the_ui(dagster_dev: DagsterDev) ->
         "{ repositoriesOrError { ... on RepositoryConnection { nodes { name location { name } } } } }"
     )["repositoriesOrError"]["nodes"]
     (repo,) = repos
+    assert repo["location"]["name"] == "mv_orchestration"  # workspace.yaml's location_name
     daily, weekly = "marketing.daily_aggregations", "marketing.weekly_aggregations"
     with psycopg.connect(dagster_dev.db_url, autocommit=True) as conn:
         before = {rel: _fingerprint(conn, rel) for rel in (daily, weekly)}

@@ -20,6 +20,7 @@ import psycopg
 import pytest
 from dagster._core.launcher import WorkerStatus
 
+from mv_orchestration.lib.runs import ACTIVE_STATUSES
 from mv_orchestration_tests.e2e.test_dagster_dev import _free_port, _wait_for_assets
 from mv_orchestration_tests.faults.conftest import (
     MVO,
@@ -102,13 +103,16 @@ def _dev(env: MvoEnv, log: Path) -> Iterator[tuple[subprocess.Popen[bytes], Dev]
 
 def _stop_dev(proc: subprocess.Popen[bytes], sig: signal.Signals, log: Path) -> float:
     """Stop ``mvo dev`` as a terminal's Ctrl-C does (the signal to its whole process group,
-    which holds mvo dev alone); it must exit 0, without a traceback. When it ended."""
+    which holds mvo dev alone); it must exit 0, its terminal without a traceback or a stack
+    trace. When it ended."""
     os.killpg(proc.pid, sig)
     code = proc.wait(timeout=120)
     ended = time.monotonic()
     out = log.read_text()
     assert code == 0, out[-4000:]
-    assert "Traceback" not in out, out[-4000:]
+    # Dagster's logs (the interrupted step's stack among them) are in its log file
+    for noise in ("Traceback", "Stack Trace", "DagsterExecutionInterruptedError"):
+        assert noise not in out, out[-4000:]
     return ended
 
 
@@ -159,6 +163,55 @@ def test_sigint_to_mvo_dev_cancels_the_refresh_and_the_next_start_refreshes(
         _stop_dev(proc2, signal.SIGTERM, log2)
     assert view_sum(conn) == _source_sum(conn) != before
     assert [r["status"] for r in history_rows(conn)] == ["cancelled", "success"]
+
+
+def _run_story(instance: dg.DagsterInstance, run_id: str) -> str:
+    """A run's events, one line each (for an assertion's message)."""
+    lines = []
+    for entry in instance.all_logs(run_id):
+        event = entry.dagster_event
+        kind = event.event_type_value if event is not None else "log"
+        lines.append(f"{entry.timestamp:.2f} {kind}: {entry.message[:300]}")
+    return "\n".join(lines)
+
+
+@pytest.mark.e2e
+def test_sigint_to_mvo_dev_while_a_run_is_starting_cancels_it(
+    slow_view: psycopg.Connection[Any], mvo_env: MvoEnv, tmp_path: Path
+) -> None:
+    """The stop comes while the run's worker is still starting (STARTING): the run must end
+    CANCELED (not FAILURE, not left CANCELING), holding no slot."""
+    conn = slow_view
+    make_slow(conn, 20)
+    before = view_sum(conn)
+    log = tmp_path / "dev.log"
+    with _dev(mvo_env, log) as (proc, dev), mvo_env.instance() as instance:
+        run_id = dev.launch("faults.slow_mv")
+
+        def starting() -> bool:
+            run = instance.get_run_by_id(run_id)
+            assert run is not None
+            assert run.status in (
+                dg.DagsterRunStatus.QUEUED,
+                dg.DagsterRunStatus.NOT_STARTED,
+                dg.DagsterRunStatus.STARTING,
+            ), f"the run went {run.status.value} before it was seen STARTING"
+            return run.status == dg.DagsterRunStatus.STARTING
+
+        wait_until(starting, "the run to be STARTING", 120)
+        _stop_dev(proc, signal.SIGINT, log)
+        run = instance.get_run_by_id(run_id)
+        assert run is not None and run.status == dg.DagsterRunStatus.CANCELED, (
+            run and run.status,
+            _run_story(instance, run_id),
+            log.read_text()[-3000:],
+        )
+        assert occupied_slots(instance, POOL) == 0
+        active = instance.get_run_records(dg.RunsFilter(statuses=list(ACTIVE_STATUSES)))
+        assert not active
+    assert not refreshes_running(conn)
+    assert view_sum(conn) == before
+    assert "cancelled" in log.read_text() and "FAILED" not in log.read_text()
 
 
 def test_sigterm_to_mvo_refresh_mid_refresh_cancels_its_run(
@@ -267,7 +320,7 @@ def _ended_and_freed(
 
 
 def _dagster_dev_pid(mvo_dev: int) -> int:
-    """The ``dagster dev`` child of a ``mvo dev`` process (from /proc)."""
+    """The ``dg dev`` (or ``dagster dev``) child of a ``mvo dev`` process (from /proc)."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -276,7 +329,8 @@ def _dagster_dev_pid(mvo_dev: int) -> int:
             cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
         except (OSError, IndexError):
             continue
-        if int(stat[1]) == mvo_dev and b"dagster" in cmdline and b"dev" in cmdline:
+        server = {b"dagster", b"dagster_dg_cli.cli"} & set(cmdline)  # dagster dev, dg dev
+        if int(stat[1]) == mvo_dev and server and b"dev" in cmdline:
             return int(entry)
     raise AssertionError(f"no dagster dev under pid {mvo_dev}")
 

@@ -8,6 +8,7 @@ from typing import Any
 import dagster as dg
 import psycopg
 import pytest
+from psycopg import sql
 
 from mv_orchestration.core import history
 from mv_orchestration.core.catalog import RelationRef, read_catalog
@@ -227,3 +228,81 @@ def test_descriptions_and_tags_say_how_each_view_is_refreshed(
     assert new.tags["mvo/method"] == "initial"
     assert "a plain first `REFRESH`" in (new.description or "")
     assert "then `REFRESH ... CONCURRENTLY`" in (new.description or "")
+
+
+ALL_CHECKS = {"row_count", "refresh_duration", "refresh_method", "success_rate"}
+ODD = 'odd "sch/ema"'
+# Names Dagster refuses in op output names (spaces, quotes, /, $, {, non-ASCII), names it
+# accepts only after changing . and - to _, 63-byte names (PostgreSQL's longest, in ASCII and
+# in three-byte letters), and, in a plain schema, three names whose Dagster-derived check
+# outputs would all be plain__a_b_row_count.
+ODD_VIEWS = [
+    *(
+        (ODD, name)
+        for name in [
+            "with space",
+            'dq"uote',
+            "sq'uote",
+            "v1.2",
+            "a/b",
+            "d$x",
+            "c{x}",
+            "da-sh",
+            "ventes_é",
+            "売上",
+            "x" * 63,
+            "売" * 21,
+        ]
+    ),
+    ("plain", "a.b"),
+    ("plain", "a_b"),
+    ("plain", "a-b"),
+]
+
+
+def create_odd_views(conn: psycopg.Connection[Any]) -> None:
+    """One MV per odd name over one table, and plain."a-b" over plain."a.b" (lineage between
+    odd names, in the same multi-asset)."""
+    src = sql.SQL("{}.{}").format(sql.Identifier(ODD), sql.Identifier("src $"))
+    conn.execute(sql.SQL("CREATE SCHEMA {}; CREATE SCHEMA plain").format(sql.Identifier(ODD)))
+    conn.execute(sql.SQL("CREATE TABLE {} (id int); INSERT INTO {} VALUES (1)").format(src, src))
+    for schema, name in ODD_VIEWS:
+        source = sql.SQL('plain."a.b"') if name == "a-b" else src
+        conn.execute(
+            sql.SQL("CREATE MATERIALIZED VIEW {}.{} AS SELECT id FROM {}").format(
+                sql.Identifier(schema), sql.Identifier(name), source
+            )
+        )
+
+
+@pytest.mark.parametrize("chunk_size", [100, 4])
+def test_every_view_gets_its_checks_whatever_its_name(
+    db_url: str, conn: psycopg.Connection[Any], instance: dg.DagsterInstance, chunk_size: int
+) -> None:
+    """All views in one multi-asset (a.b, a_b and a-b side by side), then in several."""
+    create_odd_views(conn)
+    snapshot = read_catalog(conn, [ODD, "plain"])
+    assert sorted(mv.ref for mv in snapshot.matviews) == sorted(R(*v) for v in ODD_VIEWS)
+    assets = build_refresh_assets(snapshot, MvTranslator(), name="refresh", chunk_size=chunk_size)
+    assert len([a for a in assets if isinstance(a, dg.AssetsDefinition)]) == (
+        1 if chunk_size == 100 else 4
+    )
+    defs = dg.Definitions(assets=assets, resources={"postgres": PostgresResource(dsn=db_url)})
+    keys = [K(list(view)) for view in ODD_VIEWS]
+    declared = defs.resolve_asset_graph().asset_check_keys
+    for key in keys:
+        assert {c.name for c in declared if c.asset_key == key} == ALL_CHECKS, key
+
+    result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+        instance=instance, asset_selection=keys
+    )
+    assert result.success
+    assert {m.asset_key for m in result.get_asset_materialization_events()} == set(keys)
+    evaluations: dict[dg.AssetKey, dict[str, dg.AssetCheckEvaluation]] = {}
+    for ev in result.get_asset_check_evaluations():
+        evaluations.setdefault(ev.asset_key, {})[ev.check_name] = ev
+    for key in keys:
+        assert set(evaluations.get(key, {})) == ALL_CHECKS, key
+        # each view's own figures: one row, one refresh so far
+        assert evaluations[key]["row_count"].metadata["rows"].value == 1, key
+        assert evaluations[key]["success_rate"].metadata["attempts"].value == 1, key
