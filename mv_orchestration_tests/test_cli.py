@@ -147,6 +147,14 @@ def test_refresh_through_dagster_lands_in_history(
         assert instance.get_latest_materialization_event(dg.AssetKey(["shop", "mv_grand"]))
 
 
+def test_resume_refreshes_the_views(cli_env: dict[str, str], conn: psycopg.Connection[Any]) -> None:
+    result = run("resume", "shop.mv_sales")
+    assert result.exit_code == 0, result.output
+    assert "succeeded: 1 view(s) refreshed" in result.output
+    assert "resumed: the target-lag sensor takes them up again on its next tick" in result.output
+    assert run("resume").exit_code == 2  # a view is required
+
+
 def test_refresh_group_and_failure_exit_code(
     cli_env: dict[str, str], conn: psycopg.Connection[Any]
 ) -> None:
@@ -250,6 +258,34 @@ def test_status_health_and_exit_codes(
     assert bad.exit_code == 2 and "use numbers with units d, h, m, s" in bad.output
     # the policy file's grammar: combined units work here too
     assert run("status", "shop.mv_grand", "--since", "1d12h").exit_code == 2
+
+
+def test_status_shows_target_and_achieved_lag(
+    cli_env: dict[str, str], conn: psycopg.Connection[Any]
+) -> None:
+    from mv_orchestration.core import history
+
+    history.ensure_history(conn, "mvo")
+    for lag_ms, met in ((20_000, True), (40_000, True), (4_000_000, False)):
+        _history_row(conn, "mv_sales", "success", 1, 40)
+        conn.execute(
+            "UPDATE mvo.refresh_history SET lag_at_completion_ms = %s, target_met = %s"
+            " WHERE id = (SELECT max(id) FROM mvo.refresh_history)",
+            [lag_ms, met],
+        )
+    result = run("status", "--group", "shop", "--json")
+    assert result.exit_code == 0, result.output
+    rows = {r["view"]: r for r in json.loads(result.output)}
+    sales = rows["shop.mv_sales"]
+    # no policy file: the default target lag
+    assert sales["target"] == "1h"
+    assert (sales["lag_p50_s"], sales["lag_max_s"]) == (40.0, 4000.0)
+    assert sales["within_target_pct"] == pytest.approx(66.67)
+    assert rows["shop.mv_grand"]["lag_p50_s"] is None  # no target-lag refresh recorded
+    wide = run("status", "shop.mv_sales", "--wide").output.splitlines()
+    assert "TARGET" in wide[0] and "LAG P50 S" in wide[0] and "IN TARGET" in wide[0]
+    row = wide[1].split()
+    assert row[0] == "shop.mv_sales" and "1h" in row and "40.0" in row and "66.7%" in row
 
 
 def test_db_start_prints_the_url_without_its_password(monkeypatch: pytest.MonkeyPatch) -> None:

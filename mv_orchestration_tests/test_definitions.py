@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -61,11 +62,40 @@ def test_demo_policies_become_schedules_sensors_and_freshness(snapshot: CatalogS
     weekly = next(s for n, s in schedules.items() if "weekly" in n)
     assert weekly.cron_schedule in ("0 4 * * 1", ["0 4 * * 1"])
     sensors = {s.name for s in defs.sensors or []}
-    assert {"mvo_source_changes", "mvo_freshness_alerts", "mvo_refresh_failures"} <= sensors
-    graph = defs.resolve_asset_graph()
-    daily = graph.get(dg.AssetKey(["llm_usage", "mv_daily_metrics"]))
-    assert daily.freshness_policy is not None
+    assert {"mvo_target_lag", "mvo_freshness_alerts", "mvo_refresh_failures"} <= sensors
+    assert "mvo_source_changes" not in sensors  # no view is on_change any more
+    lag = defs.resolve_sensor_def("mvo_target_lag")
+    assert lag.job_name is not None
+    targeted = defs.resolve_job_def(lag.job_name).asset_layer.selected_asset_keys
+    assert {k.path[0] for k in targeted} == {"llm_usage", "school", "saas"}
+    # freshness follows the target unless set: LLM usage 1m (FAIL 3m), school 2m, SaaS its own
+    for key, warn, fail in (
+        ("llm_usage/mv_daily_metrics", timedelta(minutes=1), timedelta(minutes=3)),
+        ("school/mv_school_overview", timedelta(minutes=2), timedelta(minutes=6)),
+        ("saas/platform_metrics", timedelta(minutes=10), timedelta(minutes=30)),
+        ("mes/mv_wip_status_dashboard", timedelta(minutes=20), timedelta(hours=1)),
+    ):
+        assert _windows(defs, key, warn, fail), key
     assert "mvo_history_retention_default" in {j.name for j in defs.resolve_all_job_defs()}
+
+
+def _windows(defs: dg.Definitions, key: str, warn: timedelta, fail: timedelta) -> bool:
+    policy = defs.resolve_asset_graph().get(dg.AssetKey(key.split("/"))).freshness_policy
+    return policy == dg.FreshnessPolicy.time_window(fail_window=fail, warn_window=warn)
+
+
+def test_without_policies_every_view_has_the_default_target_lag(snapshot: CatalogSnapshot) -> None:
+    defs = _defs(snapshot)
+    sensor = defs.resolve_sensor_def("mvo_target_lag")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    graph = defs.resolve_asset_graph()
+    views = {k for k in graph.get_all_asset_keys() if graph.get(k).is_materializable}
+    assert sensor.job_name is not None
+    job = defs.resolve_job_def(sensor.job_name)
+    assert set(job.asset_layer.selected_asset_keys) == views  # every MV, none left out
+    # freshness follows the 1h target: WARN past 1h, FAIL past 3h
+    for key in views:
+        assert _windows(defs, "/".join(key.path), timedelta(hours=1), timedelta(hours=3))
 
 
 def _graph_summary(defs: dg.Definitions) -> dict[str, Any]:

@@ -32,10 +32,13 @@ def test_environment_reaches_the_definitions(
 ) -> None:
     defs = build_from_settings(Settings.from_env())
     schedules = {s.name: s for s in defs.schedules or []}
-    assert len(schedules) >= 6  # five systems' crons + history retention
+    assert len(schedules) == 5  # the crons of MES (2) and marketing (2), history retention
     assert all(s.default_status == dg.DefaultScheduleStatus.RUNNING for s in schedules.values())
     sensors = {s.name for s in defs.sensors or []}
-    assert sensors == {"mvo_source_changes"}  # no alert URLs: no alert sensors
+    assert sensors == {"mvo_target_lag"}  # no alert URLs: no alert sensors
+    assert defs.resolve_sensor_def("mvo_target_lag").default_status == (
+        dg.DefaultSensorStatus.RUNNING
+    )
     graph = defs.resolve_asset_graph()
     assert graph.get(dg.AssetKey(["saas", "platform_metrics"])).freshness_policy is not None
 
@@ -46,6 +49,10 @@ def test_environment_reaches_the_definitions(
     assert all(s.default_status == dg.DefaultScheduleStatus.STOPPED for s in quiet.schedules or [])
     assert not any("retention" in s.name for s in quiet.schedules or [])
     assert {"mvo_freshness_alerts", "mvo_refresh_failures"} <= {s.name for s in quiet.sensors or []}
+    # MVO_AUTOMATION=off stops the target-lag sensor too
+    assert quiet.resolve_sensor_def("mvo_target_lag").default_status == (
+        dg.DefaultSensorStatus.STOPPED
+    )
 
 
 def test_retry_settings_reach_the_resource(demo_env: None, monkeypatch: pytest.MonkeyPatch) -> None:

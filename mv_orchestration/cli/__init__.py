@@ -16,6 +16,7 @@ from mv_orchestration.cli.db import db
 from mv_orchestration.cli.dev import dev
 from mv_orchestration.cli.discover import discover
 from mv_orchestration.cli.refresh import refresh
+from mv_orchestration.cli.resume import resume
 from mv_orchestration.cli.status import status
 
 __all__ = ["main"]
@@ -31,5 +32,5 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
 
-for _command in (dev, discover, refresh, status, db):
+for _command in (dev, discover, refresh, resume, status, db):
     main.add_command(_command)

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from mv_orchestration.core.health import Expectation
-    from mv_orchestration.core.history import ViewStats
+    from mv_orchestration.core.history import LagStats, ViewStats
 
 
 def parse_duration(text: str) -> float:
@@ -105,6 +105,7 @@ def status(
     )
     freshness = [seen.freshness.get(view, "UNKNOWN") for view in table["view"]]
     table.insert(list(table.columns).index("health") + 1, "freshness", freshness)
+    _add_lag_columns(table, seen.targets, seen.lags)
     critical = int((table["health"] == "critical").sum())
     if as_json:
         click.echo(table.to_json(orient="records", date_format="iso", indent=2))
@@ -126,6 +127,8 @@ class _Seen:
     last_successes: dict[tuple[str, str], datetime]
     history_since: datetime | None
     freshness: dict[str, str]  # by qualname
+    targets: dict[str, str]  # by qualname: the view's target lag (its mvo/target_lag metadata)
+    lags: dict[str, LagStats]  # by qualname: the lag its target-lag refreshes achieved
 
 
 def _read(views: Sequence[str], groups: Sequence[str], window_s: float) -> _Seen:
@@ -155,14 +158,38 @@ def _read(views: Sequence[str], groups: Sequence[str], window_s: float) -> _Seen
             stats = history.read_stats(conn, schema, hours=window_s / 3600, views=refs)
             last = history.read_last_successes(conn, schema, refs)
             since = history.history_since(conn, schema)
+            lags = history.read_lag_stats(conn, schema, refs, hours=window_s / 3600)
         fresh = _freshness_states(keys)
+    names = {(k.path[-2], k.path[-1]): qualname(k.path[-2], k.path[-1]) for k in keys}
+    targets = {
+        names[ref]: str(getattr(target, "value", target))
+        for ref, k in zip(refs, keys, strict=True)
+        if (target := graph.get(k).metadata.get("mvo/target_lag")) is not None
+    }
     return _Seen(
         stats=stats,
         expectations=_expectations(defs, graph, keys),
         last_successes=last,
         history_since=since,
         freshness={qualname(k.path[-2], k.path[-1]): fresh.get(k, "UNKNOWN") for k in keys},
+        targets=targets,
+        lags={names[ref]: stats for ref, stats in lags.items() if ref in names},
     )
+
+
+def _add_lag_columns(
+    table: pd.DataFrame, targets: dict[str, str], lags: dict[str, LagStats]
+) -> None:
+    """``target`` (the view's target lag), ``lag_p50_s``/``lag_max_s`` (what its target-lag
+    refreshes achieved in the window) and ``within_target_pct`` (the share that met it)."""
+    views = list(table["view"])
+    table["target"] = [targets.get(v) for v in views]
+    for column, field in (("lag_p50_s", "lag_p50_ms"), ("lag_max_s", "lag_max_ms")):
+        values = [getattr(lags.get(v), field, None) for v in views]
+        table[column] = [None if x is None else x / 1000 for x in values]
+        table[column] = table[column].astype("float64")
+    table["within_target_pct"] = [getattr(lags.get(v), "within_target_pct", None) for v in views]
+    table["within_target_pct"] = table["within_target_pct"].astype("float64")
 
 
 def _expectations(defs: Any, graph: Any, keys: Sequence[Any]) -> dict[tuple[str, str], Expectation]:
@@ -223,7 +250,8 @@ def _secs(then: datetime, now: datetime) -> float:
 HEADERS = ("VIEW", "HEALTH", "FRESHNESS", "LAST SUCCESS", "NEXT DUE", "SUCCESS", "AVG")
 WIDE_HEADERS = (
     "VIEW", "HEALTH", "FRESHNESS", "LAST SUCCESS", "AGE S", "NEXT DUE", "SUCCESS", "AVG S",
-    "MAX S", "EXPECTED", "LAST ERROR", "REASONS",
+    "MAX S", "TARGET", "LAG P50 S", "LAG MAX S", "IN TARGET", "EXPECTED", "LAST ERROR",
+    "REASONS",
 )  # fmt: skip
 
 
@@ -243,6 +271,10 @@ def _render(table: pd.DataFrame, now: datetime, wide: bool) -> list[str]:
                 human_percent(r["success_rate"]),
                 _exact(r["avg_duration_s"], ".3f"),
                 _exact(r["max_duration_s"], ".3f"),
+                r["target"] or "-",
+                _exact(r["lag_p50_s"], ".1f"),
+                _exact(r["lag_max_s"], ".1f"),
+                human_percent(r["within_target_pct"]),
                 r["expected"],
                 _one_line(r["last_error"]),
                 r["reasons"] or "-",

@@ -35,6 +35,15 @@ migrations recorded in ``<schema>.schema_migrations``:
   crashed server) is marked ``cancelled`` by :func:`sweep_abandoned`, which every refresh
   step runs when it opens the history; its ``finished_at`` stays NULL (the end was not
   seen). ``last_refresh.last_status`` is ``running`` while a refresh runs.
+* **version 4**: target lag. ``data_timestamp`` (every change of every root source
+  committed before it is in the view: the start of the refresh, or of the earliest refresh
+  upstream of it in the same run), ``lag_at_completion_ms`` (for a refresh requested for a
+  target lag: how old the oldest change the view was missing was when the refresh ended)
+  and ``target_met``, all NULL on older rows and on failures; status ``no_data`` (a refresh
+  that was not needed: nothing changed) is allowed. Written by :func:`record_lag` and
+  :func:`record_no_data`. ``last_refresh`` gains ``data_timestamp`` (the latest of its
+  successful and ``no_data`` rows; before version 4, a refresh's start), and its
+  ``last_*`` columns ignore ``no_data`` rows, which are no attempts.
 
 Migrations run in one transaction under a transaction-level advisory lock, so concurrent
 callers (several code servers, run workers) neither race nor fail; a call that finds every
@@ -242,6 +251,62 @@ CREATE INDEX refresh_history_running_idx ON {schema}.refresh_history (id)
     WHERE status = 'running';
 COMMENT ON COLUMN {schema}.refresh_history.backend_pid IS
     'The refreshing session (with backend_start): a running row whose session is gone was cut off.';
+""",
+    ),
+    (
+        4,
+        """
+ALTER TABLE {schema}.refresh_history
+    ADD COLUMN data_timestamp timestamptz,
+    ADD COLUMN lag_at_completion_ms bigint,
+    ADD COLUMN target_met boolean;
+ALTER TABLE {schema}.refresh_history DROP CONSTRAINT refresh_history_status_check;
+ALTER TABLE {schema}.refresh_history ADD CONSTRAINT refresh_history_status_check
+    CHECK (status IN ('running', 'success', 'failure', 'cancelled', 'no_data'));
+COMMENT ON COLUMN {schema}.refresh_history.data_timestamp IS
+    'Every change of every root source committed before this time is in the view.';
+COMMENT ON COLUMN {schema}.refresh_history.lag_at_completion_ms IS
+    'Age of the oldest change the view was missing, when the refresh committed (target-lag runs).';
+
+-- the same columns, and data_timestamp; a no_data row is no attempt (last_* ignore it)
+CREATE OR REPLACE VIEW {schema}.last_refresh AS
+SELECT v.view_schema,
+       v.view_name,
+       s.finished_at AS data_as_of,
+       s.rows_after AS row_count,
+       a.started_at AS last_attempt_at,
+       a.status AS last_status,
+       a.sqlstate AS last_sqlstate,
+       a.error_message AS last_error,
+       d.data_timestamp
+FROM (SELECT DISTINCT view_schema, view_name FROM {schema}.refresh_history) v
+LEFT JOIN LATERAL (
+    SELECT h.started_at, h.status, h.sqlstate, h.error_message
+    FROM {schema}.refresh_history h
+    WHERE h.view_schema = v.view_schema AND h.view_name = v.view_name
+      AND h.status <> 'no_data'
+    ORDER BY h.started_at DESC, h.id DESC
+    LIMIT 1
+) a ON true
+LEFT JOIN LATERAL (
+    SELECT h.finished_at, h.rows_after
+    FROM {schema}.refresh_history h
+    WHERE h.view_schema = v.view_schema AND h.view_name = v.view_name
+      AND h.status = 'success'
+    ORDER BY h.started_at DESC, h.id DESC
+    LIMIT 1
+) s ON true
+LEFT JOIN LATERAL (
+    SELECT coalesce(h.data_timestamp, h.started_at) AS data_timestamp
+    FROM {schema}.refresh_history h
+    WHERE h.view_schema = v.view_schema AND h.view_name = v.view_name
+      AND h.status IN ('success', 'no_data')
+    ORDER BY coalesce(h.data_timestamp, h.started_at) DESC
+    LIMIT 1
+) d ON true;
+COMMENT ON VIEW {schema}.last_refresh IS
+    'Per materialized view: data_as_of = end of its last successful refresh; data_timestamp = '
+    'every source change before it is in the view (moved by no_data rows too); last attempt.';
 """,
     ),
 )
@@ -762,7 +827,8 @@ SELECT v.view_schema, v.view_name, last.finished_at
 FROM unnest(%(schemas)s::text[], %(names)s::text[]) AS v(view_schema, view_name)
 CROSS JOIN LATERAL (
     SELECT max(h.finished_at) AS finished_at FROM {table} h
-    WHERE h.view_schema = v.view_schema AND h.view_name = v.view_name AND h.status = 'success'
+    WHERE h.view_schema = v.view_schema AND h.view_name = v.view_name
+      AND h.status IN ('success', 'no_data')
 ) last
 WHERE last.finished_at IS NOT NULL
 """
@@ -772,7 +838,8 @@ def read_last_successes(
     conn: psycopg.Connection[Any], schema: str, views: Sequence[tuple[str, str]]
 ) -> dict[tuple[str, str], datetime]:
     """When each of ``views`` last refreshed successfully, however long ago (views never
-    refreshed are left out)."""
+    refreshed are left out). A ``no_data`` row (version 4) counts: the view was current then,
+    with nothing to refresh."""
     stmt = sql.SQL(_LAST_SUCCESSES).format(table=sql.Identifier(schema, "refresh_history"))
     rows = conn.execute(stmt, _view_filter(views)).fetchall()
     return {(str(s), str(n)): at for s, n, at in rows}
@@ -840,3 +907,144 @@ def read_history(
     for col in ("duration_ms", "lock_wait_ms"):
         frame[col] = frame[col].astype("float64")
     return frame
+
+
+# --- target lag -------------------------------------------------------------------------------
+
+_LAG = """
+UPDATE {table}
+SET data_timestamp = %(data_timestamp)s, lag_at_completion_ms = %(lag_ms)s,
+    target_met = %(target_met)s
+WHERE id = coalesce(%(attempt_id)s, (
+    SELECT max(id) FROM {table}
+    WHERE run_id = %(run_id)s AND view_schema = %(view_schema)s
+      AND view_name = %(view_name)s AND status = 'success'))
+"""
+
+
+def record_lag(
+    conn: psycopg.Connection[Any],
+    schema: str,
+    *,
+    view_schema: str,
+    view_name: str,
+    run_id: str | None,
+    attempt_id: int | None,
+    data_timestamp: datetime,
+    lag_at_completion_s: float | None,
+    target_met: bool | None,
+) -> None:
+    """Add a successful refresh's target-lag figures (version 4) to its row: the attempt's
+    row, or without one the run's latest ``success`` row of the view."""
+    stmt = sql.SQL(_LAG).format(table=sql.Identifier(schema, "refresh_history"))
+    lag_ms = None if lag_at_completion_s is None else round(lag_at_completion_s * 1000.0)
+    params = {
+        "data_timestamp": data_timestamp,
+        "lag_ms": lag_ms,
+        "target_met": target_met,
+        "attempt_id": attempt_id,
+        "run_id": run_id,
+        "view_schema": view_schema,
+        "view_name": view_name,
+    }
+    _run(conn, stmt, params)
+
+
+_DURATION_QUANTILE = """
+SELECT h.view_schema, h.view_name,
+       percentile_cont(%(quantile)s) WITHIN GROUP (ORDER BY h.duration_ms) AS ms
+FROM {table} h
+JOIN unnest(%(schemas)s::text[], %(names)s::text[]) AS v(view_schema, view_name)
+  ON h.view_schema = v.view_schema AND h.view_name = v.view_name
+WHERE h.status = 'success' AND h.started_at >= now() - %(window)s::interval
+GROUP BY h.view_schema, h.view_name
+"""
+
+
+def expected_durations(
+    conn: psycopg.Connection[Any],
+    schema: str,
+    views: Sequence[tuple[str, str]],
+    *,
+    hours: float = 24,
+    quantile: float = 0.9,
+) -> dict[tuple[str, str], float]:
+    """The ``quantile`` (default p90) of each view's successful refresh durations in seconds,
+    over attempts started in the last ``hours``; views without one are absent. One query."""
+    if not views:
+        return {}
+    stmt = sql.SQL(_DURATION_QUANTILE).format(table=sql.Identifier(schema, "refresh_history"))
+    params = {"quantile": quantile, "window": timedelta(hours=hours), **_view_filter(views)}
+    with conn.cursor() as cur:
+        rows = cur.execute(stmt, params).fetchall()
+    return {(s, n): float(ms) / 1000.0 for s, n, ms in rows if ms is not None}
+
+
+_NO_DATA = """
+INSERT INTO {table} (view_schema, view_name, started_at, finished_at, duration_ms, status,
+                     data_timestamp)
+SELECT v.view_schema, v.view_name, %(at)s, %(at)s, 0, 'no_data', %(data_timestamp)s
+FROM unnest(%(schemas)s::text[], %(names)s::text[]) AS v(view_schema, view_name)
+"""
+
+
+def record_no_data(
+    conn: psycopg.Connection[Any],
+    schema: str,
+    views: Sequence[tuple[str, str]],
+    *,
+    at: datetime,
+    data_timestamp: datetime,
+) -> None:
+    """One ``no_data`` row per view (version 4): a refresh that was not needed, since no
+    source changed; its data is current as of ``data_timestamp``. One statement."""
+    if not views:
+        return
+    stmt = sql.SQL(_NO_DATA).format(table=sql.Identifier(schema, "refresh_history"))
+    _run(conn, stmt, {"at": at, "data_timestamp": data_timestamp, **_view_filter(views)})
+
+
+@dataclass(frozen=True)
+class LagStats:
+    """A view's achieved lag over a window: refreshes the target-lag sensor requested."""
+
+    view_schema: str
+    view_name: str
+    refreshes: int  # with a lag recorded
+    lag_p50_ms: float | None
+    lag_max_ms: float | None
+    within_target_pct: float | None  # share of those refreshes that met the target
+
+
+_LAG_STATS = """
+SELECT h.view_schema, h.view_name, count(*) AS refreshes,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY h.lag_at_completion_ms) AS lag_p50_ms,
+       max(h.lag_at_completion_ms)::double precision AS lag_max_ms,
+       round(100.0 * count(*) FILTER (WHERE h.target_met) / count(*), 2)::double precision
+           AS within_target_pct
+FROM {table} h
+JOIN unnest(%(schemas)s::text[], %(names)s::text[]) AS v(view_schema, view_name)
+  ON h.view_schema = v.view_schema AND h.view_name = v.view_name
+WHERE h.status = 'success' AND h.lag_at_completion_ms IS NOT NULL
+  AND h.started_at >= now() - %(window)s::interval
+GROUP BY h.view_schema, h.view_name
+"""
+
+
+def read_lag_stats(
+    conn: psycopg.Connection[Any],
+    schema: str,
+    views: Sequence[tuple[str, str]],
+    *,
+    hours: float = 24,
+) -> dict[tuple[str, str], LagStats]:
+    """Per view, the lag its target-lag refreshes achieved over the last ``hours`` (version 4):
+    median and max ``lag_at_completion_ms`` and the percentage that met the target. Views
+    with none are absent. One query."""
+    if not views:
+        return {}
+    stmt = sql.SQL(_LAG_STATS).format(table=sql.Identifier(schema, "refresh_history"))
+    params = {"window": timedelta(hours=hours), **_view_filter(views)}
+    with conn.cursor(row_factory=class_row(LagStats)) as cur:
+        rows = cur.execute(stmt, params).fetchall()
+    return {(r.view_schema, r.view_name): r for r in rows}

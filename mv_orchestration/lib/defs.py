@@ -19,6 +19,7 @@ from mv_orchestration.lib.alerting import (
 )
 from mv_orchestration.lib.assets import build_refresh_assets
 from mv_orchestration.lib.checks import CheckThresholds
+from mv_orchestration.lib.lag_sensor import build_lag_sensor
 from mv_orchestration.lib.policies import PolicyFile, ViewPolicy
 from mv_orchestration.lib.resource import PostgresResource
 from mv_orchestration.lib.schedules import build_schedules
@@ -81,7 +82,8 @@ def build_definitions(
     """Assets, checks, schedules and sensors for every target.
 
     With a policy file on a target's translator: its schedules, its change-driven sensor, its
-    freshness policies and check thresholds. With a ``notifier``: freshness and failure alerts,
+    freshness policies and check thresholds. Every target gets a target-lag sensor for the
+    views with a target lag (without a policy file, every view: ``1h``). With a ``notifier``: freshness and failure alerts,
     routed by each view's Dagster group (``Notifier(group_urls=...)``, keyed like the policy
     file's ``groups``); views whose alerts would reach no destination are not watched.
     ``automation_running`` starts schedules and sensors by default (Dagster's default is off).
@@ -148,6 +150,22 @@ def build_definitions(
                         default_status=sensor_status,
                     )
                 )
+        lag_sensor = build_lag_sensor(
+            snapshot,
+            tr,
+            {
+                mv.ref: t
+                for mv in snapshot.matviews
+                if (t := policies.get(mv.ref, ViewPolicy()).target_lag) is not None
+            },
+            resource_key=target.resource_key,
+            name=f"{prefix}_target_lag",
+            default_status=sensor_status,
+            history_schema=target.history_schema,
+            notifier=notifier,
+        )
+        if lag_sensor is not None:
+            sensors.append(lag_sensor)
         if target.history_schema is not None:
             job = build_retention_job(target)
             jobs.append(job)

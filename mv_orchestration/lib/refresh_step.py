@@ -49,10 +49,14 @@ from mv_orchestration.lib.checks import (
     success_rate_unknown,
     suggest_unique_index,
 )
+from mv_orchestration.lib.lag_sensor import LAG_TAG, parse_lag_tag
 from mv_orchestration.lib.resource import PostgresResource, run_id_of_application
 from mv_orchestration.lib.step_report import (
+    LagFigures,
     failure_metadata,
     is_transient,
+    lag_figures,
+    lag_metadata,
     preview_markdown,
     refresh_metadata,
 )
@@ -107,6 +111,9 @@ class RefreshStep:
         # views another session was refreshing: view -> who ("run <id>", "pid 12 (...)")
         self.held: dict[RelationRef, str] = {}
         self.done = 0
+        # target lag: the views the run was requested for, and data timestamps so far
+        self.planned = parse_lag_tag(context.run.tags.get(LAG_TAG))
+        self.data_timestamps: dict[RelationRef, datetime] = {}
 
     # --- 0. the whole step ------------------------------------------------------------------
 
@@ -306,7 +313,7 @@ class RefreshStep:
         except BaseException as exc:
             self._cancelled(ref, exc, started, tag, attempt)
             raise
-        yield self._report(conn, ref, result, tag)
+        yield self._report(conn, ref, result, tag, self._lag(conn, ref, result, attempt))
 
     def _skipped_for_upstream(self, ref: RelationRef, tag: str) -> bool:
         unclean = set(self.failed) | set(self.blocked) | set(self.skipped) | set(self.held)
@@ -430,8 +437,46 @@ class RefreshStep:
                 f"{_one_line(write_error)}"
             )
 
+    def _lag(
+        self,
+        conn: psycopg.Connection[Any],
+        ref: RelationRef,
+        result: RefreshResult,
+        attempt: int | None,
+    ) -> LagFigures:
+        """The refresh's data timestamp and lag (metadata, and its history row)."""
+        upstream = self.plan.graph.upstream_matviews([ref])
+        stamps = {u: t for u, t in self.data_timestamps.items() if u in upstream}
+        figures = lag_figures(ref, result, stamps, self.planned)
+        self.data_timestamps[ref] = figures.data_timestamp
+        schema = self.history_schema
+        if schema is None or result.record_error is not None:
+            return figures
+        try:
+            history.record_lag(
+                conn,
+                schema,
+                view_schema=ref.schema,
+                view_name=ref.name,
+                run_id=self.run_id,
+                attempt_id=attempt,
+                data_timestamp=figures.data_timestamp,
+                lag_at_completion_s=figures.lag_s,
+                target_met=figures.target_met,
+            )
+        except psycopg.Error as exc:  # an older history (no version 4): figures in metadata
+            if conn.broken:
+                raise
+            self.log.warning(f"{ref.qualname}: lag figures not in {schema}: {_one_line(exc)}")
+        return figures
+
     def _report(
-        self, conn: psycopg.Connection[Any], ref: RelationRef, result: RefreshResult, tag: str
+        self,
+        conn: psycopg.Connection[Any],
+        ref: RelationRef,
+        result: RefreshResult,
+        tag: str,
+        figures: LagFigures,
     ) -> StepEvent:
         if result.record_error is not None:
             # the refresh committed; its history row did not
@@ -443,7 +488,7 @@ class RefreshStep:
         stops = blocking_failures(check_results, self.plan.checks[ref])
         if stops:
             self.blocked[ref] = stops
-        meta = refresh_metadata(result)
+        meta = {**refresh_metadata(result), **lag_metadata(figures)}
         if self.plan.preview_rows > 0:
             meta["preview"] = dg.MetadataValue.md(
                 preview_markdown(conn, ref, self.plan.preview_rows)

@@ -269,10 +269,16 @@ class _ChangeSensor:
     # --- the cursor ---------------------------------------------------------------------------
 
     def load(
-        self, context: dg.SensorEvaluationContext, current: Mapping[RelationRef, str], at: float
+        self,
+        context: dg.SensorEvaluationContext,
+        current: Mapping[RelationRef, str],
+        at: float,
+        cursor: str | None = None,
     ) -> tuple[ChangeState, str | None]:
-        """The state in the cursor, a first tick's baseline, or a rebuild (with a note)."""
-        if not context.cursor:
+        """The state in ``cursor`` (default: the context's), a first tick's baseline, or a
+        rebuild (with a note)."""
+        cursor = context.cursor if cursor is None else cursor
+        if not cursor:
             baseline = {
                 v: ViewState({} if self.treat_first_as_change else self._of(v, current), at)
                 for v in self.order
@@ -280,7 +286,7 @@ class _ChangeSensor:
             return ChangeState({}, 0.0, baseline), None
         rebuild: Sequence[RelationRef]
         try:
-            state = state_from_json(context.cursor)
+            state = state_from_json(cursor)
             note = None
             rebuild = [v for v in self.order if v not in state.views]
         except ChangeDetectionError as exc:
@@ -437,7 +443,10 @@ class _ChangeSensor:
         eligible: Sequence[RelationRef],
         current: Mapping[RelationRef, str],
         at: float,
+        tags: Mapping[str, str] | None = None,
     ) -> dg.RunRequest:
+        """One run of ``eligible``, each claimed against ``current``; ``tags`` replace the
+        default ``mvo/trigger: source_change``."""
         changed = {
             s
             for v in eligible
@@ -463,6 +472,7 @@ class _ChangeSensor:
             tags={
                 "mvo/trigger": "source_change",
                 "mvo/changed_tables": _truncate(", ".join(r.qualname for r in sorted(changed))),
+                **(tags or {}),
             },
         )
 

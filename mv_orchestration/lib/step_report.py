@@ -1,6 +1,9 @@
 """What a refresh step reports: materialization and failure metadata, the preview, and
 which failures are worth retrying."""
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import dagster as dg
@@ -36,6 +39,57 @@ def refresh_metadata(result: RefreshResult) -> dict[str, Any]:
         meta["rows_deleted"] = dg.MetadataValue.int(result.rows_deleted)
     if result.lock_wait_s is not None:
         meta["lock_wait_s"] = dg.MetadataValue.float(round(result.lock_wait_s, 6))
+    return meta
+
+
+@dataclass(frozen=True)
+class LagFigures:
+    """What one refresh achieved against its target lag.
+
+    ``data_timestamp``: every change of every root source committed before it is in the view.
+    ``lag_s``: for a refresh the target-lag sensor requested, the age of the oldest change the
+    view was missing when the refresh ended; ``target_s`` the target it was requested for.
+    """
+
+    data_timestamp: datetime
+    lag_s: float | None = None
+    target_s: float | None = None
+
+    @property
+    def target_met(self) -> bool | None:
+        if self.lag_s is None or self.target_s is None:
+            return None
+        return self.lag_s <= self.target_s
+
+
+def lag_figures(
+    ref: RelationRef,
+    result: RefreshResult,
+    upstream: Mapping[RelationRef, datetime],
+    planned: Mapping[RelationRef, tuple[float, float]],
+) -> LagFigures:
+    """``ref``'s figures: its data timestamp is the refresh's start (the refresh sees every
+    commit before it) or, if earlier, the data timestamp of an MV upstream of it refreshed
+    before it in the same run (``upstream``); ``planned`` is the run's ``mvo/lag`` tag."""
+    stamp = min([result.started_at, *upstream.values()])
+    if ref not in planned:
+        return LagFigures(stamp)
+    since, target = planned[ref]
+    return LagFigures(stamp, max(0.0, result.finished_at.timestamp() - since), target)
+
+
+def lag_metadata(figures: LagFigures) -> dict[str, Any]:
+    """``data_timestamp`` and, for target-lag runs, ``lag_at_completion_s``,
+    ``target_lag_s`` and ``target_met``."""
+    meta: dict[str, Any] = {
+        "data_timestamp": dg.MetadataValue.timestamp(figures.data_timestamp),
+    }
+    if figures.lag_s is not None:
+        meta["lag_at_completion_s"] = dg.MetadataValue.float(round(figures.lag_s, 3))
+    if figures.target_s is not None:
+        meta["target_lag_s"] = dg.MetadataValue.float(figures.target_s)
+    if figures.target_met is not None:
+        meta["target_met"] = dg.MetadataValue.bool(figures.target_met)
     return meta
 
 

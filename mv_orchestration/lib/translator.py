@@ -10,6 +10,7 @@ import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import dagster as dg
 
@@ -20,6 +21,8 @@ from mv_orchestration.core.catalog import (
     Relation,
     RelationRef,
 )
+from mv_orchestration.core.graph import LineageGraph
+from mv_orchestration.core.lag import DOWNSTREAM, effective_targets, format_duration
 from mv_orchestration.core.refresh import choose_method
 from mv_orchestration.lib.policies import PolicyFile, ViewPolicy, freshness_policy
 
@@ -81,12 +84,40 @@ class MvTranslator:
     ) -> None:
         self.settings = settings or TranslatorSettings()
         self.policies = policies
+        self._targets: tuple[CatalogSnapshot, Mapping[RelationRef, timedelta]] | None = None
 
     def get_policy(self, ref: RelationRef) -> ViewPolicy | None:
         """The MV's resolved policy (defaults → group → views), or None without a file."""
         if self.policies is None:
             return None
         return self.policies.resolve(ref, self.get_base_group_name(ref))
+
+    def get_target_lags(self, snapshot: CatalogSnapshot) -> Mapping[RelationRef, timedelta]:
+        """Each MV's effective target lag (``downstream`` resolved; no policy file: every
+        view the default), computed once per snapshot."""
+        if self._targets is None or self._targets[0] is not snapshot:
+            declared = {
+                mv.ref: (self.get_policy(mv.ref) or ViewPolicy()).target_lag
+                for mv in snapshot.matviews
+            }
+            self._targets = (snapshot, effective_targets(LineageGraph(snapshot), declared))
+        return self._targets[1]
+
+    def get_target_lag_label(self, mv: MaterializedView, snapshot: CatalogSnapshot) -> str | None:
+        """``5m``, ``downstream (2m)``, or None: the ``mvo/target_lag`` metadata of a view."""
+        effective = self.get_target_lags(snapshot).get(mv.ref)
+        if effective is None:
+            return None
+        text = format_duration(effective.total_seconds())
+        declared = (self.get_policy(mv.ref) or ViewPolicy()).target_lag
+        return f"{DOWNSTREAM} ({text})" if declared == DOWNSTREAM else text
+
+    def get_freshness_policy(
+        self, mv: MaterializedView, snapshot: CatalogSnapshot
+    ) -> dg.FreshnessPolicy | None:
+        """The policy's ``freshness``, else one that follows the view's target lag."""
+        policy = self.get_policy(mv.ref) or ViewPolicy()
+        return freshness_policy(policy, self.get_target_lags(snapshot).get(mv.ref))
 
     # --- keys and groups ----------------------------------------------------------------------
     def get_asset_key(self, ref: RelationRef) -> dg.AssetKey:
@@ -155,18 +186,22 @@ class MvTranslator:
         if policy is not None:
             tags = {**tags, **policy.tags}
             owners = list(policy.owners) or owners
+        metadata = self.get_mv_metadata(mv)
+        target = self.get_target_lag_label(mv, snapshot)
+        if target is not None:
+            metadata = {**metadata, "mvo/target_lag": target}
         return dg.AssetSpec(
             key=self.get_asset_key(mv.ref),
             deps=[self.get_asset_key(ref) for ref in mv.upstream],
             description=self.get_mv_description(mv),
-            metadata=self.get_mv_metadata(mv),
+            metadata=metadata,
             group_name=self.get_group_name(mv.ref),
             code_version=definition_hash(mv.definition),
             owners=owners,
             tags=tags,
             kinds={"postgres", "view"},
             skippable=True,
-            freshness_policy=freshness_policy(policy) if policy is not None else None,
+            freshness_policy=self.get_freshness_policy(mv, snapshot),
         )
 
     # --- upstream tables and views ------------------------------------------------------------

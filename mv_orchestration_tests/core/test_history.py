@@ -101,10 +101,10 @@ def sales(hist: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
 
 
 def test_ensure_is_idempotent_and_versioned(conn: psycopg.Connection[Any]) -> None:
-    assert latest_version() == 3
-    assert ensure_history(conn) == 3
+    assert latest_version() == 4
+    assert ensure_history(conn) == 4
     applied_at = conn.execute("SELECT applied_at FROM mvo.schema_migrations").fetchall()
-    assert ensure_history(conn) == 3
+    assert ensure_history(conn) == 4
     # nothing re-applied: same single row, same timestamp
     assert conn.execute("SELECT applied_at FROM mvo.schema_migrations").fetchall() == applied_at
     objects = conn.execute(
@@ -130,21 +130,21 @@ def test_ensure_is_idempotent_and_versioned(conn: psycopg.Connection[Any]) -> No
 def test_later_migration_is_applied_once(
     conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert ensure_history(conn, ODD) == 3
+    assert ensure_history(conn, ODD) == 4
     monkeypatch.setattr(
         history,
         "MIGRATIONS",
-        [*history.MIGRATIONS, (4, "ALTER TABLE {schema}.refresh_history ADD COLUMN note text")],
+        [*history.MIGRATIONS, (5, "ALTER TABLE {schema}.refresh_history ADD COLUMN note text")],
     )
-    assert latest_version() == 4
-    assert ensure_history(conn, ODD) == 4
-    assert ensure_history(conn, ODD) == 4  # would fail "column already exists" if re-run
+    assert latest_version() == 5
+    assert ensure_history(conn, ODD) == 5
+    assert ensure_history(conn, ODD) == 5  # would fail "column already exists" if re-run
     versions = conn.execute(
         sql.SQL("SELECT version FROM {} ORDER BY 1").format(
             sql.Identifier(ODD, "schema_migrations")
         )
     ).fetchall()
-    assert versions == [(1,), (2,), (3,), (4,)]
+    assert versions == [(1,), (2,), (3,), (4,), (5,)]
 
 
 def test_concurrent_ensure_from_two_connections(conn: psycopg.Connection[Any]) -> None:

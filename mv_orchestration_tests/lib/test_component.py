@@ -148,8 +148,15 @@ def test_two_databases_each_with_their_own_names_and_state(
         # the inline policies: app_db's views hourly, with a schedule of its own name
         (hourly_schedule,) = [s for s in defs.schedules or [] if "retention" not in s.name]
         assert hourly_schedule.name.startswith("mvo_app_db_")
-        # alerts of their own (no freshness policies here: no freshness alerts)
-        assert sensors == {"mvo_app_db_refresh_failures", "mvo_warehouse_refresh_failures"}
+        # alerts of their own; warehouse, without policies, has every view on the default
+        # target lag, and freshness policies (so freshness alerts) that follow it; app_db's
+        # hourly schedule leaves its views without a target or freshness policy
+        assert sensors == {
+            "mvo_app_db_refresh_failures",
+            "mvo_warehouse_refresh_failures",
+            "mvo_warehouse_freshness_alerts",
+            "mvo_warehouse_target_lag",
+        }
 
 
 def test_a_run_worker_reads_no_catalog(

@@ -7,8 +7,9 @@ sensor and freshness daemons are iterated under a frozen clock that advances one
 round. Each round the demo's traffic generator writes one batch (:func:`insert_batch`, the
 generator's tick) into the LLM-usage system only.
 
-The policy file is the demo's, with one change: the SaaS group is change-driven too
-(``on_change: true``), so the sensor watches a group whose sources stay idle.
+The policy file is the demo's, with the LLM-usage and SaaS groups change-driven
+(``on_change: true`` instead of their target lags), so the sensor watches a group whose
+sources stay idle.
 """
 
 from __future__ import annotations
@@ -70,7 +71,12 @@ def test_change_driven_views_stay_fresh_and_idle_ones_are_not_refreshed(
 ) -> None:
     demo_policies = (Path(data.__file__).parent / "policies.yaml").read_text()
     policies = tmp_path / "policies.yaml"
-    policies.write_text(demo_policies.replace("  saas:\n", "  saas:\n    on_change: true\n", 1))
+    # the LLM and SaaS groups change-driven: on_change instead of their target lags
+    policies.write_text(
+        demo_policies.replace(
+            "    target_lag: 1m\n", "    on_change: true\n    freshness: {warn: 2m, fail: 10m}\n", 1
+        ).replace("    target_lag: 5m\n", "    on_change: true\n", 1)
+    )
     monkeypatch.setenv("DATABASE_URL", demo_url)
     monkeypatch.setenv("MVO_POLICIES", str(policies))
     monkeypatch.setenv("MVO_STATE_DIR", str(tmp_path / "state"))

@@ -98,6 +98,7 @@ def test_defaults_apply_to_every_view(tmp_path: Path) -> None:
         tags={"tier": "bronze", "domain": "shared"},
         checks={"duration": {"warn": "5s", "fail": "30s"}, "rows": {"min": 1}},
         group=None,
+        target_lag=None,  # a schedule and no target_lag: no default target
     )
 
 
@@ -151,6 +152,52 @@ def test_empty_file_and_empty_sections(tmp_path: Path) -> None:
     assert _load(tmp_path, text).resolve(RelationRef("a", "b"), "a") == ViewPolicy()
 
 
+TARGET_LAG = """
+groups:
+  llm_usage:
+    target_lag: 5m
+  mes:
+    schedules: [{cron: "*/2 * * * *"}]
+  marketing:
+    on_change: true
+views:
+  llm_usage.mv_upstream:
+    target_lag: downstream
+  llm_usage.mv_off:
+    target_lag: off
+  mes.mv_both:
+    target_lag: 10m
+"""
+
+
+@pytest.mark.parametrize(
+    ("view", "expected"),
+    [
+        ("school.mv_x", timedelta(hours=1)),  # nothing set: the default
+        ("llm_usage.mv_x", timedelta(minutes=5)),  # its group
+        ("llm_usage.mv_upstream", "downstream"),
+        ("llm_usage.mv_off", None),  # off (YAML false) and null mean none
+        ("mes.mv_x", None),  # a schedule without target_lag: none, not the default
+        ("marketing.mv_x", None),  # on_change without target_lag: none either
+        ("mes.mv_both", timedelta(minutes=10)),  # both: the cron still forces refreshes
+    ],
+)
+def test_target_lag_resolution(tmp_path: Path, view: str, expected: object) -> None:
+    policies = _load(tmp_path, TARGET_LAG)
+    ref = RelationRef(*view.split("."))
+    assert policies.resolve(ref, ref.schema).target_lag == expected
+
+
+def test_target_lag_defaults_to_an_hour_without_a_file_or_key(tmp_path: Path) -> None:
+    assert ViewPolicy().target_lag == timedelta(hours=1)
+    policy = _load(tmp_path, "defaults: {owners: [team:data]}").resolve(RelationRef("a", "b"), "a")
+    assert policy.target_lag == timedelta(hours=1)
+    assert (
+        _load(tmp_path, "defaults: {target_lag:}").resolve(RelationRef("a", "b"), "a").target_lag
+        is None
+    )
+
+
 def test_duplicate_schedules_collapse(tmp_path: Path) -> None:
     policies = _load(
         tmp_path,
@@ -193,9 +240,20 @@ def test_freshness_policy() -> None:
     assert freshness_policy(ViewPolicy()) is None
 
 
+def test_freshness_follows_the_target_lag_unless_set() -> None:
+    five = timedelta(minutes=5)
+    assert freshness_policy(ViewPolicy(), five) == dg.FreshnessPolicy.time_window(
+        fail_window=timedelta(minutes=15), warn_window=five
+    )
+    own = ViewPolicy(freshness=Freshness(fail=timedelta(hours=1)))
+    assert freshness_policy(own, five) == dg.FreshnessPolicy.time_window(
+        fail_window=timedelta(hours=1)
+    )
+
+
 # --- errors -----------------------------------------------------------------------------------
 
-POLICY_KEYS = "alerts, checks, freshness, on_change, owners, schedules, tags"
+POLICY_KEYS = "alerts, checks, freshness, on_change, owners, schedules, tags, target_lag"
 
 
 @pytest.mark.parametrize(
@@ -357,7 +415,7 @@ POLICY_KEYS = "alerts, checks, freshness, on_change, owners, schedules, tags"
         pytest.param(
             "views: {mes.mv_x: {grup: other}}",
             'views."mes.mv_x".grup: unknown key '
-            "(allowed: checks, freshness, group, on_change, owners, schedules, tags)",
+            "(allowed: checks, freshness, group, on_change, owners, schedules, tags, target_lag)",
             id="unknown-view-key",
         ),
         pytest.param("- a\n- b", "top level: expected a mapping, got a list", id="top-list"),
@@ -379,6 +437,22 @@ POLICY_KEYS = "alerts, checks, freshness, on_change, owners, schedules, tags"
             "groups: {2024: {}}",
             "groups: key 2024 is an integer, not a string (quote it)",
             id="key-not-string",
+        ),
+        pytest.param(
+            "defaults: {target_lag: 5}",
+            "defaults.target_lag: expected a duration like 5m, or downstream, got an integer",
+            id="target-lag-type",
+        ),
+        pytest.param(
+            "groups: {mes: {target_lag: soon}}",
+            "groups.mes.target_lag: invalid target lag 'soon' (a duration like 90s, 5m, 1h, "
+            "or downstream)",
+            id="target-lag-malformed",
+        ),
+        pytest.param(
+            'views: {"mes.mv_x": {target_lag: 30s}}',
+            'views."mes.mv_x".target_lag: 30s is below 1m, the smallest target lag',
+            id="target-lag-short",
         ),
         pytest.param(
             "defaults: {on_change: sometimes}",
@@ -614,9 +688,11 @@ def test_demo_policies_express_the_seeds() -> None:
     school, llm, mes, marketing, saas = (
         by_schema[s].pop() for s in ("school", "llm_usage", "mes", "marketing", "saas")
     )
-    assert school.schedules == (Schedule("*/2 * * * *", "UTC"),)
-    assert llm.schedules == () and llm.on_change
-    assert llm.freshness == Freshness(warn=timedelta(minutes=2), fail=timedelta(minutes=10))
+    # freshness asked for: target lags (their freshness follows them)
+    assert school.schedules == () and school.target_lag == timedelta(minutes=2)
+    assert school.freshness is None
+    assert llm.schedules == () and llm.target_lag == timedelta(minutes=1)
+    assert llm.freshness is None
     assert mes.schedules == (
         Schedule("*/2 6-22 * * *", "Asia/Seoul"),
         Schedule("*/15 0-5,23 * * *", "Asia/Seoul"),
@@ -624,9 +700,11 @@ def test_demo_policies_express_the_seeds() -> None:
     assert marketing.schedules == (Schedule("0 3 * * *", "UTC"),)
     weekly = demo[RelationRef("marketing", "weekly_aggregations")]
     assert weekly.schedules == (Schedule("0 4 * * 1", "UTC"),)
-    assert saas.schedules == (Schedule("*/5 * * * *", "UTC"),)
+    assert saas.schedules == () and saas.target_lag == timedelta(minutes=5)
     assert saas.freshness is not None and saas.freshness.warn == timedelta(minutes=10)
-    assert not any(p.on_change for p in (school, mes, marketing, weekly, saas))
+    # a clock asked for: crons, and no target lag
+    assert all(p.target_lag is None for p in (mes, marketing, weekly))
+    assert not any(p.on_change for p in demo.values())
     assert all(p.group is None for p in demo.values())
 
 
@@ -634,9 +712,9 @@ def test_demo_freshness_windows_exceed_the_schedule_gaps() -> None:
     """A view that refreshes on time never warns: warn > the longest gap between ticks."""
     start = datetime(2026, 3, 23, tzinfo=UTC).timestamp()  # two weeks, incl. a DST change
     for ref, policy in _demo().items():
-        assert policy.freshness is not None and policy.freshness.warn is not None, ref
         if not policy.schedules:
             continue
+        assert policy.freshness is not None and policy.freshness.warn is not None, ref
         ticks: set[float] = set()
         for s in policy.schedules:
             for tick in schedule_execution_time_iterator(start, s.cron, s.timezone):

@@ -5,6 +5,8 @@ Format (every section and key is optional)::
     defaults:            # applies to every MV
       schedules: []      # list of {cron: "*/5 * * * *", timezone: "UTC"}; timezone defaults to UTC
       on_change: false   # change-driven refresh by the source-change sensor
+      target_lag: 1h     # how stale the view may be: a duration (at least 1m), or downstream;
+                         # null/false: none (see below for the default)
       freshness: {warn: 15m, fail: 1h}   # or null; durations like 90s, 15m, 2h, 1d, 1d12h
       owners: []         # e-mails or team:name
       tags: {}           # Dagster asset tags
@@ -27,6 +29,15 @@ One MV's policy is built from defaults, then its group, then every matching ``vi
 merge (``checks`` recursively). ``freshness`` is replaced as a whole, so ``warn`` always stays
 below ``fail``. A ``group:`` in a matching ``views`` entry moves the view, and the settings of
 that group apply instead of the old one's. An empty key (``schedules:``) means empty.
+
+``target_lag`` is the age of the oldest change in any root source (a table the view reads,
+directly, through views or through other MVs) that the view may still be missing; the
+target-lag sensor refreshes the view, upstream MVs first, just in time to keep it
+(:mod:`mv_orchestration.core.lag`). ``downstream`` follows the smallest target of the views
+that read it. A view whose resolved policy sets neither ``target_lag`` nor ``schedules`` nor
+``on_change`` gets the default, ``1h`` (so does every view without a policy file); one with a
+schedule or ``on_change`` and no ``target_lag`` gets none. A view without ``freshness`` gets a
+freshness policy from its (effective) target lag: WARN past the target, FAIL past 3 times it.
 
 ``alerts`` (in ``defaults`` and ``groups`` only) add up instead: an alert about a view goes to
 ``MVO_ALERT_URLS``, ``defaults.alerts`` and the alerts of the view's group (after any move).
@@ -54,9 +65,15 @@ from mv_orchestration.lib.policies.model import (
     format_key_path,
     parse_duration,
 )
-from mv_orchestration.lib.policies.resolution import AlertRoutes, PolicyFile, freshness_policy
+from mv_orchestration.lib.policies.resolution import (
+    FAIL_MULTIPLE,
+    AlertRoutes,
+    PolicyFile,
+    freshness_policy,
+)
 
 __all__ = [
+    "FAIL_MULTIPLE",
     "AlertDestination",
     "AlertRoutes",
     "Freshness",

@@ -33,6 +33,7 @@ from pydantic.dataclasses import dataclass as pydantic_dataclass
 from pydantic_core import PydanticCustomError
 
 from mv_orchestration.core.durations import parse_duration as parse_duration
+from mv_orchestration.core.lag import DEFAULT_TARGET_LAG, DOWNSTREAM, MIN_TARGET_LAG, TargetLag
 from mv_orchestration.errors import ConfigError
 from mv_orchestration.lib.alerting import split_urls, url_problem
 
@@ -107,6 +108,25 @@ def _duration(value: object) -> timedelta:
     return delta
 
 
+def _target_lag(value: object) -> TargetLag | None:
+    """``5m``, ``1h`` or ``downstream``; ``null``/``false`` (or ``off``) for none."""
+    if value is None or value is False:
+        return None
+    if isinstance(value, timedelta):
+        delta: timedelta | None = value
+    elif not isinstance(value, str):
+        raise _invalid(f"expected a duration like 5m, or downstream, got {type_name(value)}")
+    elif value.strip().lower() == DOWNSTREAM:
+        return DOWNSTREAM
+    else:
+        delta = parse_duration(value)
+    if delta is None:
+        raise _invalid(f"invalid target lag {value!r} (a duration like 90s, 5m, 1h, or downstream)")
+    if delta < MIN_TARGET_LAG:
+        raise _invalid(f"{_fmt_delta(delta)} is below 1m, the smallest target lag")
+    return delta
+
+
 def _dagster_takes(build: Callable[[], object]) -> bool:
     """Whether a public Dagster constructor takes a value: Dagster's own rule, not a copy."""
     try:
@@ -173,6 +193,9 @@ def _alerts_per_group(value: object) -> None:
 
 
 Duration = Annotated[timedelta, PlainValidator(_duration, json_schema_input_type=str)]
+TargetLagSetting = Annotated[
+    TargetLag | None, PlainValidator(_target_lag, json_schema_input_type=str | None)
+]
 Cron = Annotated[StrictStr, AfterValidator(_cron)]
 TimeZone = Annotated[StrictStr, _rule(_is_time_zone, "unknown time zone {!r}")]
 Owner = Annotated[
@@ -244,10 +267,16 @@ class AlertDestination:
 
 @dataclass(frozen=True)
 class ViewPolicy:
-    """The resolved policy of one MV. ``group`` is set only when the file moves the view."""
+    """The resolved policy of one MV. ``group`` is set only when the file moves the view.
+
+    ``target_lag`` defaults to :data:`~mv_orchestration.core.lag.DEFAULT_TARGET_LAG` (a view no
+    policy covers); a policy file gives none to a view it gives ``schedules`` or ``on_change``
+    without a ``target_lag``.
+    """
 
     schedules: tuple[Schedule, ...] = ()
     on_change: bool = False
+    target_lag: TargetLag | None = DEFAULT_TARGET_LAG
     freshness: Freshness | None = None
     owners: tuple[str, ...] = ()
     tags: Mapping[str, str] = field(default_factory=dict, hash=False)
@@ -309,6 +338,7 @@ class _PolicySection(_Section):
         list[Schedule], _or_empty(list), AfterValidator(lambda s: list(dict.fromkeys(s)))
     ] = []  # each once, in file order
     on_change: StrictBool = False
+    target_lag: TargetLagSetting = None
     freshness: Freshness | None = None
     owners: Annotated[list[Owner], _or_empty(list)] = []
     tags: Annotated[dict[TagKey, TagValue], _or_empty(dict)] = {}

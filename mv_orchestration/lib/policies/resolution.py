@@ -6,6 +6,7 @@ import difflib
 import fnmatch
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,8 @@ class PolicyFile:
                 else:
                     values[key] = value
         values["group"] = override
+        if "target_lag" not in values and (values.get("schedules") or values.get("on_change")):
+            values["target_lag"] = None  # refreshed as the file says: no default target lag
         return ViewPolicy(**values)
 
     def resolve_all(
@@ -154,13 +157,20 @@ class PolicyFile:
         return policy_error(self.path, where, reason)
 
 
-def freshness_policy(p: ViewPolicy) -> dg.FreshnessPolicy | None:
-    """Dagster's time-window freshness policy for a view, or None when it has none."""
-    if p.freshness is None:
+FAIL_MULTIPLE = 3  # a freshness policy derived from a target lag fails at 3x the target
+
+
+def freshness_policy(p: ViewPolicy, target: timedelta | None = None) -> dg.FreshnessPolicy | None:
+    """Dagster's time-window freshness policy for a view: its ``freshness``, else one derived
+    from its effective target lag ``target`` (WARN past the target, FAIL past
+    :data:`FAIL_MULTIPLE` times it), else None."""
+    if p.freshness is not None:
+        return dg.FreshnessPolicy.time_window(
+            fail_window=p.freshness.fail, warn_window=p.freshness.warn
+        )
+    if target is None:
         return None
-    return dg.FreshnessPolicy.time_window(
-        fail_window=p.freshness.fail, warn_window=p.freshness.warn
-    )
+    return dg.FreshnessPolicy.time_window(fail_window=target * FAIL_MULTIPLE, warn_window=target)
 
 
 def _is_glob(key: str) -> bool:
