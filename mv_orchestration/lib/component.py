@@ -230,7 +230,7 @@ _SCAFFOLD_YAML = textwrap.dedent(
       # history: {{schema: mvo, retention_days: 30}}   # or off
       # refresh: {{lock_timeout_s: 0.5, lock_retries: 14, statement_timeout_s: 1800,
       #           retries: 2, retry_delay_s: 30}}
-      # automation: true                 # start its schedules and sensors
+      # automation: false                # leave its schedules and sensors stopped
     # Then read the catalog into the component's state:  dg utils refresh-defs-state
     """
 )
@@ -275,7 +275,7 @@ class PostgresMaterializedViews(dg.StateBackedComponent, dg.Resolvable):
     alerts: list[str | dict[str, str]] = field(default_factory=list)
     history: HistorySettings | bool | None = field(default_factory=HistorySettings)
     refresh: RefreshSettings = field(default_factory=RefreshSettings)
-    automation: bool = False
+    automation: bool = True
     ui_base_url: str | None = None
     defs_state: ResolvedDefsStateConfig = field(
         default_factory=DefsStateConfigArgs.local_filesystem

@@ -157,6 +157,9 @@ def test_two_databases_each_with_their_own_names_and_state(
             "mvo_warehouse_freshness_alerts",
             "mvo_warehouse_target_lag",
         }
+        # automation runs by default: nothing to switch on in the UI
+        assert {s.default_status for s in defs.sensors or []} == {dg.DefaultSensorStatus.RUNNING}
+        assert hourly_schedule.default_status == dg.DefaultScheduleStatus.RUNNING
 
 
 def test_a_run_worker_reads_no_catalog(
