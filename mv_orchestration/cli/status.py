@@ -271,13 +271,13 @@ def _render(table: pd.DataFrame, now: datetime, wide: bool) -> list[str]:
                 human_percent(r["success_rate"]),
                 _exact(r["avg_duration_s"], ".3f"),
                 _exact(r["max_duration_s"], ".3f"),
-                r["target"] or "-",
+                _text(r["target"]),
                 _exact(r["lag_p50_s"], ".1f"),
                 _exact(r["lag_max_s"], ".1f"),
                 human_percent(r["within_target_pct"]),
-                r["expected"],
+                _text(r["expected"]),
                 _one_line(r["last_error"]),
-                r["reasons"] or "-",
+                _text(r["reasons"]),
             ]
             rows.append(Row(cells))
             continue
@@ -296,6 +296,12 @@ def _render(table: pd.DataFrame, now: datetime, wide: bool) -> list[str]:
 
 def _missing(value: Any) -> bool:
     return value is None or value != value  # None, NaN, NaT
+
+
+def _text(value: Any) -> str:
+    """A text column's cell: ``-`` when empty or missing (pandas gives NaN for a column
+    no row has a value in)."""
+    return "-" if _missing(value) or value == "" else str(value)
 
 
 def _iso(value: Any, missing: str = "never") -> str:

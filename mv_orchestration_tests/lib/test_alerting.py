@@ -212,10 +212,13 @@ class Harness:
         list(self.freshness_daemon.run_iteration(self.ctx))
 
     def tick_sensors(self) -> None:
-        """One iteration of Dagster's own sensor daemon; no sensor tick may fail."""
+        """One iteration of Dagster's own sensor daemon; no tick of a running sensor may fail
+        (the definitions' own automation, such as the target-lag sensor, stays stopped)."""
         list(execute_sensor_iteration(self.ctx, self.log, None, None))
         repo = next(iter(self._location().get_repositories().values()))
         for sensor in repo.get_sensors():
+            if sensor.default_status != dg.DefaultSensorStatus.RUNNING:
+                continue
             ticks = self.instance.get_ticks(
                 sensor.get_remote_origin_id(), sensor.selector_id, limit=1
             )
