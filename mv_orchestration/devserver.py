@@ -64,6 +64,7 @@ from typing import IO
 import click
 import dagster as dg
 
+from mv_orchestration.cli.common import scoped_env
 from mv_orchestration.errors import ConfigError
 from mv_orchestration.lib.launcher import WORKER_TAG
 from mv_orchestration.lib.runs import ACTIVE_STATUSES, short_id
@@ -111,20 +112,6 @@ def dagster_dev_command(workspace: Path, host: str, port: int) -> list[str]:
     return [sys.executable, "-W", _SUPERSESSION_FILTER, "-m", "dagster", "dev", *target]
 
 
-@contextlib.contextmanager
-def _environ(values: Mapping[str, str]) -> Iterator[None]:
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def check_definitions(env: Mapping[str, str]) -> None:
     """Build the stand-alone code location's definitions with ``env``, as the code server
     will: a bad setting or policy file raises its one-line ``ConfigError`` here, before any
@@ -132,7 +119,7 @@ def check_definitions(env: Mapping[str, str]) -> None:
     from mv_orchestration.definitions import build_from_settings
     from mv_orchestration.settings import Settings
 
-    with _environ(env), warnings.catch_warnings():
+    with scoped_env(**env), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         build_from_settings(Settings.from_env())
 

@@ -854,24 +854,7 @@ def history_since(conn: psycopg.Connection[Any], schema: str) -> datetime | None
     return row[0] if row else None
 
 
-HISTORY_COLUMNS = (
-    "id",
-    "view_schema",
-    "view_name",
-    "run_id",
-    "started_at",
-    "finished_at",
-    "duration_ms",
-    "method",
-    "rows_before",
-    "rows_after",
-    "size_bytes",
-    "lock_wait_ms",
-    "status",
-    "sqlstate",
-    "error_message",
-    "attempts",
-)
+HISTORY_COLUMNS = ("id", *_ROW_COLUMNS)
 
 _HISTORY = """
 SELECT {columns} FROM {table}
