@@ -15,7 +15,7 @@ from datetime import date, datetime, timedelta
 from functools import cached_property
 from zoneinfo import ZoneInfo
 
-_MACROS = {
+MACROS = {
     "@yearly": "0 0 1 1 *",
     "@annually": "0 0 1 1 *",
     "@monthly": "0 0 1 * *",
@@ -75,7 +75,7 @@ class CronSchedule:
 
     @cached_property
     def _fields(self) -> list[str]:
-        return _MACROS.get(self.cron.strip().lower(), self.cron).split()
+        return MACROS.get(self.cron.strip().lower(), self.cron).split()
 
     @cached_property
     def _parsed(self) -> tuple[frozenset[int], ...]:

@@ -25,6 +25,7 @@ from dagster._core.definitions.unresolved_asset_job_definition import (
     UnresolvedAssetJobDefinition,
 )
 
+from mv_orchestration.core.cron import MACROS
 from mv_orchestration.lib.policies import Schedule, ViewPolicy
 from mv_orchestration.lib.runs import ActiveRuns, short_id
 from mv_orchestration.lib.translator import safe_name
@@ -44,15 +45,6 @@ _DAY_NAMES = {
 _NUMBER = re.compile(r"\d+")
 _HOURS = re.compile(r"\d+(-\d+)?(,\d+(-\d+)?)*")
 _DOW = re.compile(r"[a-z0-9]+(-[a-z0-9]+)?(,[a-z0-9]+(-[a-z0-9]+)?)*")
-_MACROS = {
-    "@yearly": "0 0 1 1 *",
-    "@annually": "0 0 1 1 *",
-    "@monthly": "0 0 1 * *",
-    "@weekly": "0 0 * * 0",
-    "@daily": "0 0 * * *",
-    "@midnight": "0 0 * * *",
-    "@hourly": "0 * * * *",
-}
 _MAX_LISTED = 10
 
 
@@ -97,7 +89,7 @@ def _within(slug: str, text: str, hour: str, dom: str, dow: str) -> tuple[str, s
 def _describe(cron: str) -> tuple[str, str]:
     """(slug, English) for the common cron shapes; a literal fallback for the rest."""
     fallback = ("cron_" + safe_name(cron.replace("*", "x")).lower(), f"On cron `{cron}`")
-    fields = _MACROS.get(cron, cron).lower().split()
+    fields = MACROS.get(cron, cron).lower().split()
     if len(fields) != 5:
         return fallback
     minute, hour, dom, month, dow = fields
